@@ -1,0 +1,321 @@
+"""Alert rules and their evaluation: pure functions, no Kafka, no Elasticsearch.
+
+Time is cut into tumbling buckets of `bucket_s` seconds (aligned to the epoch, as Faust's
+tumbling windows are). A rule looks at the *window*: the newest `window_buckets` buckets,
+ending with the bucket of the item being processed. The spike rule compares the window with
+its *baseline*: the mean negative count per window over the `baseline_windows` windows before
+it. The Grafana alert rules (dashboards/alerting.py) are generated from the same model, so
+both sides fire on the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from finsentry.messages import Alert, ScoredItem
+
+KeyType = Literal["ticker", "topic"]
+NEGATIVE = "bearish"
+
+
+class NegativeShareRule(BaseModel):
+    """Trips when at least `threshold` of at least `min_volume` items in the window are bearish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["negative_share"] = "negative_share"
+    name: str = "negative_share"
+    key_types: list[KeyType] = Field(default_factory=lambda: ["ticker"])
+    threshold: float = Field(0.6, gt=0.0, le=1.0)
+    min_volume: int = Field(20, ge=1)
+
+
+class NegativeSpikeRule(BaseModel):
+    """Trips when the window's bearish count is at least `min_negative` and at least `factor`
+    times its baseline (mean bearish count per window before it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["negative_spike"] = "negative_spike"
+    name: str = "negative_spike"
+    key_types: list[KeyType] = Field(default_factory=lambda: ["ticker"])
+    factor: float = Field(3.0, gt=1.0)
+    min_negative: int = Field(10, ge=1)
+
+
+Rule = Annotated[NegativeShareRule | NegativeSpikeRule, Field(discriminator="kind")]
+
+
+class DeliveryPolicy(BaseModel):
+    """How the outbox posts alerts to webhooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(5.0, gt=0)
+    initial_backoff_s: float = Field(1.0, gt=0)
+    max_backoff_s: float = Field(300.0, gt=0)
+    sweep_interval_s: float = Field(5.0, gt=0, description="How often undelivered are retried.")
+
+
+class AlertRules(BaseModel):
+    """Everything the alerter and the Grafana alert rules need; loadable from YAML or JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket_s: int = Field(60, ge=1, description="Tumbling bucket size in seconds.")
+    window_buckets: int = Field(15, ge=1, description="Buckets in one rule window.")
+    baseline_windows: int = Field(8, ge=1, description="Windows before it that form the baseline.")
+    cooldown_s: float = Field(3600.0, ge=0, description="At most one alert per key this often.")
+    sample_size: int = Field(5, ge=0, le=50, description="Negative items attached to an alert.")
+    rules: list[Rule] = Field(default_factory=lambda: [NegativeShareRule(), NegativeSpikeRule()])
+    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertRules:
+        names = [rule.name for rule in self.rules]
+        if len(names) != len(set(names)):
+            raise ValueError(f"rule names must be unique: {names}")
+        return self
+
+    @property
+    def window_s(self) -> int:
+        return self.bucket_s * self.window_buckets
+
+    @property
+    def horizon_s(self) -> int:
+        """How far back the window plus its baseline reach."""
+        return self.window_s * (self.baseline_windows + 1)
+
+    def key_types(self) -> set[KeyType]:
+        return {key_type for rule in self.rules for key_type in rule.key_types}
+
+
+def load_rules(path: Path | None) -> AlertRules:
+    """The rules in `path` (.json, .yaml or .yml), or the defaults when `path` is None."""
+    if path is None:
+        return AlertRules()
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".json":
+        return AlertRules.model_validate_json(text)
+    import yaml
+
+    return AlertRules.model_validate(yaml.safe_load(text) or {})
+
+
+class Counts(NamedTuple):
+    total: int
+    negative: int
+
+
+class KeyedItem(BaseModel):
+    """What the alerter keeps of one scored item, once per key (ticker or topic) it counts for."""
+
+    key_type: KeyType
+    key: str
+    ts: float = Field(description="Event time: the item's scored_at, epoch seconds.")
+    negative: bool
+    sample: dict[str, Any]
+
+    @property
+    def table_key(self) -> str:
+        return table_key(self.key_type, self.key)
+
+
+def table_key(key_type: KeyType, key: str) -> str:
+    return f"{key_type}:{key}"
+
+
+def sample_of(item: ScoredItem) -> dict[str, Any]:
+    """The few fields of an item that travel with an alert."""
+    return {
+        "id": item.id,
+        "title": item.title,
+        "url": item.url,
+        "source": item.source,
+        "sentiment": item.sentiment,
+        "sentiment_confidence": item.sentiment_confidence,
+        "scored_at": item.scored_at.isoformat(),
+    }
+
+
+def keyed_items(item: ScoredItem, rules: AlertRules, now: float) -> list[KeyedItem]:
+    """One entry per key the item counts for; none when it is too old to reach any window."""
+    ts = item.scored_at.timestamp()
+    if ts < now - rules.horizon_s:
+        return []
+    wanted = rules.key_types()
+    keys: list[tuple[KeyType, str]] = []
+    if "ticker" in wanted:
+        keys.extend(("ticker", ticker) for ticker in dict.fromkeys(item.tickers) if ticker)
+    if "topic" in wanted and item.topic:
+        keys.append(("topic", item.topic))
+    negative = item.sentiment == NEGATIVE
+    sample = sample_of(item)
+    return [
+        KeyedItem(key_type=kt, key=k, ts=ts, negative=negative, sample=sample) for kt, k in keys
+    ]
+
+
+def bucket_start(ts: float, bucket_s: int) -> int:
+    return math.floor(ts / bucket_s) * bucket_s
+
+
+def window_buckets(ts: float, rules: AlertRules) -> list[int]:
+    """Start times of the buckets of the window that ends with the bucket holding `ts`."""
+    last = bucket_start(ts, rules.bucket_s)
+    return [last - i * rules.bucket_s for i in reversed(range(rules.window_buckets))]
+
+
+def baseline_buckets(ts: float, rules: AlertRules) -> list[int]:
+    """Start times of the buckets of the baseline period just before the window."""
+    first = window_buckets(ts, rules)[0]
+    n = rules.window_buckets * rules.baseline_windows
+    return [first - i * rules.bucket_s for i in reversed(range(1, n + 1))]
+
+
+class WindowStats(BaseModel):
+    """The numbers one key has in the window ending at one item."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key_type: KeyType
+    key: str
+    window_start: datetime
+    window_end: datetime
+    total: int
+    negative: int
+    baseline: float = Field(description="Mean negative count per window over the baseline.")
+
+    @property
+    def negative_share(self) -> float:
+        return self.negative / self.total if self.total else 0.0
+
+
+def window_stats(
+    key_type: KeyType, key: str, ts: float, counts: Mapping[int, Counts], rules: AlertRules
+) -> WindowStats:
+    """Sum the bucket counts (bucket start -> Counts; missing buckets count zero)."""
+    current = window_buckets(ts, rules)
+    zero = Counts(0, 0)
+    total = sum(counts.get(b, zero).total for b in current)
+    negative = sum(counts.get(b, zero).negative for b in current)
+    past = sum(counts.get(b, zero).negative for b in baseline_buckets(ts, rules))
+    return WindowStats(
+        key_type=key_type,
+        key=key,
+        window_start=datetime.fromtimestamp(current[0], UTC),
+        window_end=datetime.fromtimestamp(current[-1] + rules.bucket_s, UTC),
+        total=total,
+        negative=negative,
+        baseline=past / rules.baseline_windows,
+    )
+
+
+class Trip(NamedTuple):
+    rule: str
+    threshold: float
+    baseline: float | None
+
+
+def evaluate(rule: NegativeShareRule | NegativeSpikeRule, stats: WindowStats) -> Trip | None:
+    """Whether one rule trips on one window; the threshold is in the rule's own unit
+    (a share for negative_share, a bearish count for negative_spike)."""
+    if stats.key_type not in rule.key_types:
+        return None
+    if isinstance(rule, NegativeShareRule):
+        if stats.total >= rule.min_volume and stats.negative_share >= rule.threshold:
+            return Trip(rule.name, rule.threshold, None)
+        return None
+    limit = max(float(rule.min_negative), rule.factor * stats.baseline)
+    if stats.negative >= limit:
+        return Trip(rule.name, limit, stats.baseline)
+    return None
+
+
+def in_cooldown(last_alert_at: float | None, now: float, cooldown_s: float) -> bool:
+    return last_alert_at is not None and now - last_alert_at < cooldown_s
+
+
+def alert_id(rule: str, key_type: str, key: str, window_start: datetime) -> str:
+    """Deterministic: the same trip replayed after a crash gives the same alert."""
+    raw = f"{rule}|{key_type}|{key}|{window_start.isoformat()}"
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32]
+
+
+def decide(
+    rules: AlertRules,
+    stats: WindowStats,
+    *,
+    last_alert_at: float | None,
+    now: float,
+    samples: Sequence[dict[str, Any]] = (),
+) -> Alert | None:
+    """The alert for this window, if a rule trips and the key is not cooling down. Rules are
+    tried in order and the first that trips wins: one episode, one alert."""
+    if in_cooldown(last_alert_at, now, rules.cooldown_s):
+        return None
+    for rule in rules.rules:
+        trip = evaluate(rule, stats)
+        if trip is None:
+            continue
+        return Alert(
+            id=alert_id(trip.rule, stats.key_type, stats.key, stats.window_start),
+            rule=trip.rule,
+            key_type=stats.key_type,
+            key=stats.key,
+            window_start=stats.window_start,
+            window_end=stats.window_end,
+            total=stats.total,
+            negative=stats.negative,
+            negative_share=round(stats.negative_share, 6),
+            baseline=trip.baseline,
+            threshold=trip.threshold,
+            sample_items=list(samples)[: rules.sample_size],
+        )
+    return None
+
+
+def add_sample(
+    samples: Sequence[dict[str, Any]], sample: dict[str, Any], size: int
+) -> list[dict[str, Any]]:
+    """Newest first, at most `size`, no duplicate ids."""
+    rest = [s for s in samples if s.get("id") != sample.get("id")]
+    return [sample, *rest][:size]
+
+
+def summary(alert: Alert) -> str:
+    """One line a person can act on."""
+    minutes = round((alert.window_end - alert.window_start).total_seconds() / 60)
+    what = f"{alert.key_type} {alert.key}"
+    if alert.baseline is None:
+        return (
+            f"{what}: {alert.negative_share:.0%} of {alert.total} items bearish in {minutes} min "
+            f"(threshold {alert.threshold:.0%}) [{alert.rule}]"
+        )
+    return (
+        f"{what}: {alert.negative} bearish items in {minutes} min, baseline "
+        f"{alert.baseline:.1f} per window (limit {alert.threshold:.1f}) [{alert.rule}]"
+    )
+
+
+def webhook_body(alert: Alert) -> dict[str, Any]:
+    """The generic JSON body: the Alert itself plus its summary."""
+    return {**json.loads(alert.model_dump_json()), "summary": summary(alert)}
+
+
+def slack_body(alert: Alert) -> dict[str, Any]:
+    """A Slack incoming-webhook compatible body."""
+    lines = [f":rotating_light: *finsentry alert* {summary(alert)}"]
+    for item in alert.sample_items:
+        title = item.get("title") or item.get("id")
+        url = item.get("url")
+        lines.append(f"• <{url}|{title}>" if url else f"• {title}")
+    return {"text": "\n".join(lines)}

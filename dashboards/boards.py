@@ -1,0 +1,407 @@
+"""The two dashboards, built with grafana-foundation-sdk: "Market sentiment" and
+"Pipeline health". Each function returns the dashboard JSON as plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grafana_foundation_sdk.builders import barchart, common, piechart, table, timeseries
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.elasticsearch import TermsOrder
+
+from finsentry.dashboards.config import (
+    ALERTS_DS_UID,
+    DEAD_LETTERS_DS_UID,
+    DEAD_LETTERS_TIME_FIELD,
+    ITEMS_DS_UID,
+    ITEMS_TIME_FIELD,
+    MARKET_UID,
+    PIPELINE_UID,
+    GrafanaConfig,
+)
+from finsentry.dashboards.queries import (
+    NEGATIVE_SCRIPT,
+    NET_SENTIMENT_SCRIPT,
+    avg,
+    avg_script,
+    count,
+    ds_ref,
+    histogram,
+    max_,
+    percentiles,
+    raw_data,
+    target,
+    terms,
+    to_plain,
+)
+
+TICKER_VAR = "ticker"
+# With "All" selected the variable becomes `*`, so `tickers:$ticker` matches every item that
+# has a ticker; a selection becomes ("AAPL" OR "MSFT").
+TICKER_FILTER = f"tickers:${TICKER_VAR}"
+NEGATIVE_ITEMS = f"sentiment:bearish AND {TICKER_FILTER}"
+SENTIMENT_COLORS = {"bearish": "red", "neutral": "yellow", "bullish": "green"}
+
+
+def _grid(h: int, w: int, x: int, y: int) -> dm.GridPos:
+    return dm.GridPos(h=h, w=w, x=x, y=y)
+
+
+def _legend() -> common.VizLegendOptions:
+    return (
+        common.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(cm.LegendDisplayMode.LIST)
+        .placement(cm.LegendPlacement.BOTTOM)
+    )
+
+
+def _tooltip() -> common.VizTooltipOptions:
+    return common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.NONE)
+
+
+def _fixed_color(name: str, color: str) -> tuple[str, list[dm.DynamicConfigValue]]:
+    value = {"mode": "fixed", "fixedColor": color}
+    return name, [dm.DynamicConfigValue(id_val="color", value=value)]
+
+
+def _items(ref: str, query: str, metrics: list[Any], buckets: list[Any]) -> Any:
+    return target(
+        ref,
+        datasource=ITEMS_DS_UID,
+        time_field=ITEMS_TIME_FIELD,
+        query=query,
+        metrics=metrics,
+        buckets=buckets,
+    )
+
+
+def _dead_letters(ref: str, query: str, metrics: list[Any], buckets: list[Any]) -> Any:
+    return target(
+        ref,
+        datasource=DEAD_LETTERS_DS_UID,
+        time_field=DEAD_LETTERS_TIME_FIELD,
+        query=query,
+        metrics=metrics,
+        buckets=buckets,
+    )
+
+
+def _organize(show: list[str], rename: dict[str, str] | None = None) -> dm.DataTransformerConfig:
+    """Keep and order the `show` columns of a raw-data table; hide the rest."""
+    return dm.DataTransformerConfig(
+        id_val="organize",
+        options={
+            "indexByName": {name: i for i, name in enumerate(show)},
+            "renameByName": rename or {},
+            "excludeByName": {},
+            "includeByName": dict.fromkeys(show, True),
+        },
+    )
+
+
+def _ticker_variable() -> db.QueryVariable:
+    return (
+        db.QueryVariable(TICKER_VAR)
+        .label("Ticker")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .query('{"find": "terms", "field": "tickers", "size": 500}')
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value("*")
+        .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
+def _alert_annotations() -> db.AnnotationQuery:
+    return (
+        db.AnnotationQuery()
+        .name("Sentiment alerts")
+        .datasource(ds_ref(ALERTS_DS_UID))
+        .enable(True)
+        .icon_color("red")
+    )
+
+
+# Elasticsearch annotation settings the SDK has no builder for (Grafana reads them from the
+# annotation object itself).
+ALERT_ANNOTATION_QUERY = f"key_type:ticker AND key:${TICKER_VAR}"
+ALERT_ANNOTATION_FIELDS: dict[str, Any] = {
+    "target": {"refId": "Anno", "query": ALERT_ANNOTATION_QUERY, "limit": 100},
+    "timeField": "window_start",
+    "timeEndField": "window_end",
+    "textField": "summary",
+    "tagsField": "tags",
+}
+
+
+def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
+    del cfg  # the panels only name datasources; indices live in the datasources
+    by_sentiment = (
+        timeseries.Panel()
+        .title("Items by sentiment")
+        .description("Scored items per interval, stacked by sentiment label.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                TICKER_FILTER,
+                [count("1")],
+                [
+                    terms("2", "sentiment", size=3, order_by="_key", order=TermsOrder.ASC),
+                    histogram("3", ITEMS_TIME_FIELD),
+                ],
+            )
+        )
+        .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL))
+        .draw_style(cm.GraphDrawStyle.BARS)
+        .fill_opacity(80)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(9, 12, 0, 0))
+    )
+    for label, color in SENTIMENT_COLORS.items():
+        by_sentiment = by_sentiment.override_by_name(*_fixed_color(label, color))
+
+    net_index = (
+        timeseries.Panel()
+        .title("Net sentiment index")
+        .description("(bullish - bearish) / total per interval, from -1 to 1.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                TICKER_FILTER,
+                [avg_script("1", NET_SENTIMENT_SCRIPT)],
+                [histogram("2", ITEMS_TIME_FIELD)],
+            ).alias("net sentiment")
+        )
+        .min(-1)
+        .max(1)
+        .decimals(2)
+        .line_width(2)
+        .span_nulls(True)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(9, 12, 12, 0))
+    )
+
+    negative_share = (
+        barchart.Panel()
+        .title("Negative share by ticker")
+        .description("Share of bearish items per ticker (the 20 busiest tickers).")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                TICKER_FILTER,
+                [avg_script("1", NEGATIVE_SCRIPT), count("2")],
+                [terms("3", "tickers", size=20)],
+            )
+        )
+        .unit("percentunit")
+        .min(0)
+        .max(1)
+        .x_field("tickers")
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .show_value(cm.VisibilityMode.AUTO)
+        .override_by_name("Count", [dm.DynamicConfigValue(id_val="custom.hideFrom", value={
+            "legend": True, "tooltip": False, "viz": True})])
+        .legend(_legend())
+        .grid_pos(_grid(10, 12, 0, 9))
+    )
+
+    topic_mix = (
+        piechart.Panel()
+        .title("Topic mix")
+        .description("Items per topic.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(_items("A", TICKER_FILTER, [count("1")], [terms("2", "topic", size=20)]))
+        .pie_type("donut")
+        .reduce_options(common.ReduceDataOptions().values(True).calcs([]).fields("/^Count$/"))
+        .legend(
+            piechart.PieChartLegendOptions()
+            .show_legend(True)
+            .display_mode(cm.LegendDisplayMode.TABLE)
+            .placement(cm.LegendPlacement.RIGHT)
+            .values(["value", "percent"])
+        )
+        .grid_pos(_grid(10, 12, 12, 9))
+    )
+
+    link = {"title": "Open item", "url": "${__data.fields.url}", "targetBlank": True}
+    newest_negative = (
+        table.Panel()
+        .title("Newest negative items")
+        .description("The 50 newest bearish items; click a title to open the item.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(_items("A", NEGATIVE_ITEMS, [raw_data("1", 50)], []))
+        .with_transformation(
+            _organize(
+                [ITEMS_TIME_FIELD, "tickers", "title", "source", "sentiment_confidence", "url"]
+            )
+        )
+        .override_by_name("title", [dm.DynamicConfigValue(id_val="links", value=[link])])
+        .override_by_name("url", [dm.DynamicConfigValue(id_val="custom.hidden", value=True)])
+        .override_by_name(
+            "sentiment_confidence", [dm.DynamicConfigValue(id_val="unit", value="percentunit")]
+        )
+        .grid_pos(_grid(12, 24, 0, 19))
+    )
+
+    board = (
+        db.Dashboard("Market sentiment")
+        .uid(MARKET_UID)
+        .description("What the market says, by ticker and topic, from the finsentry stream.")
+        .tags(["finsentry"])
+        .editable()
+        .timezone("browser")
+        .time("now-24h", "now")
+        .refresh("30s")
+        .with_variable(_ticker_variable())
+        .annotation(_alert_annotations())
+        .with_panel(by_sentiment)
+        .with_panel(net_index)
+        .with_panel(negative_share)
+        .with_panel(topic_mix)
+        .with_panel(newest_negative)
+    )
+    data = to_plain(board.build())
+    for annotation in data["annotations"]["list"]:
+        if annotation.get("datasource", {}).get("uid") == ALERTS_DS_UID:
+            annotation.update(ALERT_ANNOTATION_FIELDS)
+    return data
+
+
+def pipeline_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
+    del cfg
+    ingest = (
+        timeseries.Panel()
+        .title("Ingest rate")
+        .description("Items per minute by the time they reached Kafka (ingested_at).")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items("A", "*", [count("1")], [histogram("2", "ingested_at", "1m")]).alias(
+                "items / min"
+            )
+        )
+        .unit("short")
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 12, 0, 0))
+    )
+    latency = (
+        timeseries.Panel()
+        .title("Scoring latency")
+        .description("latency_ms: from ingested_at to scored_at.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                "*",
+                [
+                    avg("1", "latency_ms"),
+                    percentiles("2", "latency_ms", ["50", "95", "99"]),
+                    max_("3", "latency_ms"),
+                ],
+                [histogram("4", ITEMS_TIME_FIELD)],
+            )
+        )
+        .unit("ms")
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 12, 12, 0))
+    )
+    per_version = (
+        timeseries.Panel()
+        .title("Items per model version")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                "*",
+                [count("1")],
+                [terms("2", "model_version", size=10), histogram("3", ITEMS_TIME_FIELD)],
+            )
+        )
+        .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL))
+        .fill_opacity(40)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 12, 0, 8))
+    )
+    versions = (
+        table.Panel()
+        .title("Model versions")
+        .description("Versions serving in the time range: items, mean latency, last seen.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                "*",
+                [count("1"), avg("2", "latency_ms"), max_("3", ITEMS_TIME_FIELD)],
+                [terms("4", "model_version", size=10, order_by="3")],
+            )
+        )
+        .override_by_name(
+            f"Max {ITEMS_TIME_FIELD}",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="dateTimeAsIso"),
+                dm.DynamicConfigValue(id_val="displayName", value="Last seen"),
+            ],
+        )
+        .grid_pos(_grid(8, 12, 12, 8))
+    )
+    dead_letters = (
+        timeseries.Panel()
+        .title("Dead letters by error")
+        .description("Raw messages that could not be scored, per interval, by error kind.")
+        .datasource(ds_ref(DEAD_LETTERS_DS_UID))
+        .with_target(
+            _dead_letters(
+                "A",
+                "*",
+                [count("1")],
+                [terms("2", "error", size=10), histogram("3", DEAD_LETTERS_TIME_FIELD)],
+            )
+        )
+        .draw_style(cm.GraphDrawStyle.BARS)
+        .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL))
+        .fill_opacity(80)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 12, 0, 16))
+    )
+    newest_dead = (
+        table.Panel()
+        .title("Newest dead letters")
+        .datasource(ds_ref(DEAD_LETTERS_DS_UID))
+        .with_target(_dead_letters("A", "*", [raw_data("1", 50)], []))
+        .with_transformation(
+            _organize(
+                [DEAD_LETTERS_TIME_FIELD, "error", "reason", "source_topic", "partition", "offset"]
+            )
+        )
+        .grid_pos(_grid(8, 12, 12, 16))
+    )
+    board = (
+        db.Dashboard("Pipeline health")
+        .uid(PIPELINE_UID)
+        .description("Is finsentry keeping up: throughput, latency, models, dead letters.")
+        .tags(["finsentry"])
+        .editable()
+        .timezone("browser")
+        .time("now-6h", "now")
+        .refresh("30s")
+        .with_panel(ingest)
+        .with_panel(latency)
+        .with_panel(per_version)
+        .with_panel(versions)
+        .with_panel(dead_letters)
+        .with_panel(newest_dead)
+    )
+    return to_plain(board.build())

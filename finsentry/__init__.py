@@ -1,0 +1,3 @@
+"""finsentry: real-time financial sentiment monitor."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""The one settings object. Every value comes from a `FINSENTRY_*` environment variable
+(or an optional `.env` file) and the object is passed to whatever needs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Versions of the local real services; docker-compose.yml pins the same ones.
+KAFKA_VERSION = "3.9.1"
+ELASTICSEARCH_VERSION = "9.5.4"
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "datasets"
+
+
+def default_company_files(data_dir: Path) -> list[Path]:
+    companies = data_dir / "companies"
+    names = ("sp500_constituents.csv", "nasdaq-listed.csv", "nyse-listed.csv")
+    return [companies / n for n in names if (companies / n).exists()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FINSENTRY_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
+
+    # --- local services (used when `manage_services` is true) -------------------------
+    manage_services: bool = Field(
+        True, description="Start the local Kafka and Elasticsearch unless others are configured."
+    )
+    state_dir: Path = Field(_REPO_ROOT / ".finsentry", description="Downloads, data and logs.")
+    kafka_version: str = KAFKA_VERSION
+    elasticsearch_version: str = ELASTICSEARCH_VERSION
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    elasticsearch_port: int = 9200
+    elasticsearch_heap: str = "1g"
+    elasticsearch_user: str = Field("finsentry-es", description="OS user that runs the local node.")
+    elasticsearch_security: bool = Field(
+        False, description="Local node with x-pack security; `elastic`'s password: es_password."
+    )
+    java_home: Path | None = Field(None, description="JDK for Kafka (Java 17+).")
+    es_java_home: Path | None = Field(None, description="JDK for Elasticsearch 9 (Java 21+).")
+
+    # --- Kafka --------------------------------------------------------------------
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    topic_raw: str = "finsentry.raw"
+    topic_scored: str = "finsentry.scored"
+    topic_dead_letters: str = "finsentry.dead-letters"
+    topic_alerts: str = "finsentry.alerts"
+    topic_partitions: int = 4
+    app_id: str = "finsentry"
+
+    # --- stream processing ------------------------------------------------------------
+    max_batch: int = Field(64, ge=1, le=4096, description="Most items scored in one batch.")
+    max_wait: float = Field(0.5, gt=0, le=60, description="Seconds to wait to fill a batch.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longer texts are dead-lettered.")
+    bulk_max_retries: int = Field(8, ge=0)
+    bulk_initial_backoff: float = Field(0.5, gt=0)
+    bulk_max_backoff: float = Field(30.0, gt=0)
+
+    # --- Elasticsearch ----------------------------------------------------------------
+    es_url: str = "http://localhost:9200"
+    es_username: str | None = None
+    es_password: SecretStr | None = None
+    es_api_key: SecretStr | None = None
+    es_ca_certs: Path | None = None
+    es_request_timeout: float = Field(30.0, gt=0, description="Seconds per ES request.")
+    es_retry_on_timeout: bool = True
+    es_max_retries: int = Field(3, ge=0)
+    items_index: str = "finsentry-items"
+    alerts_index: str = "finsentry-alerts"
+    dead_letters_index: str = "finsentry-dead-letters"
+
+    # --- models -----------------------------------------------------------------------
+    models_dir: Path = Field(_REPO_ROOT / "artifacts" / "models")
+    model_path: Path | None = Field(None, description="Serve this artifact instead of the newest.")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    data_dir: Path = Field(_DEFAULT_DATA_DIR, description="Labelled training data.")
+    company_files: list[Path] = Field(default_factory=list, validate_default=True)
+
+    # --- alerts, dashboards, API ------------------------------------------------------
+    webhook_urls: list[str] = Field(default_factory=list)
+    slack_webhook_urls: list[str] = Field(default_factory=list)
+    alert_rules_file: Path | None = Field(None, description="AlertRules as YAML or JSON.")
+    grafana_webhook_url: SecretStr | None = Field(None, description="Grafana contact point URL.")
+    dead_letters_index: str = Field(
+        "finsentry-dead-letters", description="DeadLetter documents (shown in Grafana)."
+    )
+    grafana_url: str = "http://localhost:3000"
+    grafana_token: SecretStr | None = None
+    grafana_admin_password: SecretStr | None = None
+    api_token: SecretStr | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_rate_limit: int = Field(120, ge=0, description="Requests a client a minute; 0 = off.")
+
+    @field_validator("company_files", mode="after")
+    @classmethod
+    def _companies_default(cls, value: list[Path], info) -> list[Path]:  # type: ignore[no-untyped-def]
+        if value:
+            return value
+        data_dir = info.data.get("data_dir", _DEFAULT_DATA_DIR)
+        return default_company_files(Path(data_dir))
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security options in kafka-python's spelling (also accepted by aiokafka)."""
+        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password is not None:
+                options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            options["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return options

@@ -1,0 +1,101 @@
+"""The items index: explicit mappings in a composable index template, applied at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+_KEYWORD = {"type": "keyword"}
+_FLOAT = {"type": "float"}
+_DATE = {"type": "date"}
+
+
+def _text_with_keyword(ignore_above: int) -> dict[str, Any]:
+    return {
+        "type": "text",
+        "fields": {"keyword": {"type": "keyword", "ignore_above": ignore_above}},
+    }
+
+
+ITEM_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "id": _KEYWORD,
+        "source": _KEYWORD,
+        "kind": _KEYWORD,
+        "title": _text_with_keyword(512),
+        "text": _text_with_keyword(1024),
+        "url": {"type": "keyword", "index": False},
+        "author": _KEYWORD,
+        "lang": _KEYWORD,
+        "extra": {"type": "object", "enabled": False},
+        "published_at": _DATE,
+        "ingested_at": _DATE,
+        "scored_at": _DATE,
+        "latency_ms": _FLOAT,
+        "tickers": _KEYWORD,
+        "topic": _KEYWORD,
+        "topic_confidence": _FLOAT,
+        "topic_probs": {"type": "object", "dynamic": True},
+        "sentiment": _KEYWORD,
+        "sentiment_confidence": _FLOAT,
+        "sentiment_probs": {
+            "properties": {"bearish": _FLOAT, "neutral": _FLOAT, "bullish": _FLOAT}
+        },
+        "sentiment_score": _FLOAT,
+        "model_version": _KEYWORD,
+    },
+    # Topic names are data (20 of them, with spaces): map whatever arrives as floats.
+    "dynamic_templates": [
+        {"probabilities": {"path_match": "topic_probs.*", "mapping": _FLOAT}},
+    ],
+}
+
+
+DEAD_LETTER_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "reason": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 512}}},
+        "error": _KEYWORD,
+        "source_topic": _KEYWORD,
+        "partition": {"type": "integer"},
+        "offset": {"type": "long"},
+        "key": _KEYWORD,
+        "original_b64": {"type": "binary"},
+        "failed_at": _DATE,
+    },
+}
+
+
+def _template(index: str, mappings: dict[str, Any], shards: int, replicas: int) -> dict[str, Any]:
+    return {
+        "index_patterns": [index, f"{index}-*"],
+        "priority": 200,
+        "template": {
+            "settings": {"number_of_shards": shards, "number_of_replicas": replicas},
+            "mappings": mappings,
+        },
+        "_meta": {"managed_by": "finsentry"},
+    }
+
+
+def items_template(index: str, shards: int = 1, replicas: int = 0) -> dict[str, Any]:
+    """The body of the composable index template for `index` (and `index-*`)."""
+    return _template(index, ITEM_MAPPINGS, shards, replicas)
+
+
+def _apply(es: Elasticsearch, index: str, body: dict[str, Any]) -> None:
+    """Install the template and create the index if it is missing. Safe at every start."""
+    es.indices.put_index_template(name=index, **body)
+    if not es.indices.exists(index=index):
+        es.indices.create(index=index)
+
+
+def apply_items_template(es: Elasticsearch, index: str) -> None:
+    _apply(es, index, items_template(index))
+
+
+def apply_dead_letters_template(es: Elasticsearch, index: str) -> None:
+    """Dead letters are also indexed, so dashboards can count and show them."""
+    _apply(es, index, _template(index, DEAD_LETTER_MAPPINGS, 1, 0))

@@ -1,0 +1,197 @@
+"""Serving an artifact: PyTorch (CUDA bf16/fp16 when present, else CPU) or ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from finsentry.models.artifact import ArtifactError, Manifest, read_manifest
+from finsentry.models.labels import SENTIMENT, TOPIC
+from finsentry.models.text import preprocessor
+
+from finsentry.messages import ItemScores, LabelScores
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+
+
+class _Group(Protocol):
+    tasks: list[str]
+
+    def probs(self, texts: list[str]) -> dict[str, np.ndarray]: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def pick_device(preference: str) -> tuple[Any, Any]:
+    """(device, dtype): CUDA with bf16 (fp16 where bf16 is missing) when present, else CPU fp32."""
+    import torch
+
+    if preference not in {"auto", "cpu", "cuda"} and not preference.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {preference!r}")
+    if preference == "cpu" or not torch.cuda.is_available():
+        if preference.startswith("cuda"):
+            raise ArtifactError("FINSENTRY_DEVICE asks for cuda but no CUDA device is present")
+        return torch.device("cpu"), torch.float32
+    device = torch.device("cuda" if preference == "auto" else preference)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, dtype
+
+
+class _TorchGroup:
+    """Tasks that share one tokenizer: tokenised once, run through one `TaskHeads`."""
+
+    def __init__(
+        self, root: Path, manifest: Manifest, tasks: list[str], device: Any, dtype: Any
+    ) -> None:
+        from finsentry.models.heads import TaskHeads
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tasks = tasks
+        self.max_length = manifest.max_length
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
+        models = {
+            t: AutoModelForSequenceClassification.from_pretrained(
+                root / manifest.tasks[t].path, dtype=dtype
+            )
+            for t in tasks
+        }
+        shared = manifest.shared_encoder and len(tasks) > 1
+        self.module = TaskHeads(models, shared_encoder=shared).to(device).eval()
+
+    def probs(self, texts: list[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            logits = self.module.task_logits(batch)
+        return {t: softmax(v.float().cpu().numpy()) for t, v in logits.items()}
+
+
+class _OnnxGroup:
+    """Tasks whose heads live in one ONNX graph (and share its tokenizer)."""
+
+    def __init__(self, root: Path, manifest: Manifest, tasks: list[str], device: str) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.tasks = tasks
+        self.max_length = manifest.max_length
+        spec = manifest.tasks[tasks[0]]
+        assert spec.onnx_file is not None
+        self.tokenizer = AutoTokenizer.from_pretrained(root / spec.tokenizer)
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(root / spec.onnx_file), providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.outputs = [manifest.tasks[t].onnx_output or f"logits_{t}" for t in tasks]
+
+    def probs(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        feed = {name: np.asarray(enc[name], dtype=np.int64) for name in self.input_names}
+        out = self.session.run(self.outputs, feed)
+        return {t: softmax(np.asarray(v)) for t, v in zip(self.tasks, out, strict=True)}
+
+
+def _groups_of(manifest: Manifest, tasks: Sequence[str]) -> list[list[str]]:
+    key_of = (
+        (lambda t: manifest.tasks[t].onnx_file)
+        if manifest.runtime == "onnx"
+        else (lambda t: manifest.tasks[t].tokenizer)
+    )
+    groups: dict[str | None, list[str]] = {}
+    for task in tasks:
+        groups.setdefault(key_of(task), []).append(task)
+    return list(groups.values())
+
+
+class ArtifactScorer:
+    """Serves one artifact. `score` is the stream's `Scorer`; `predict_proba` is per task."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        device: str = "auto",
+        tasks: Sequence[str] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.version: str = self.manifest.version
+        self.batch_size = batch_size
+        wanted = list(tasks) if tasks is not None else list(self.manifest.tasks)
+        unknown = [t for t in wanted if t not in self.manifest.tasks]
+        if unknown:
+            raise ArtifactError(
+                f"artifact {root} has no task(s) {unknown}; it has {list(self.manifest.tasks)}"
+            )
+        self.labels: dict[str, list[str]] = {t: self.manifest.tasks[t].labels for t in wanted}
+        self.groups: list[_Group]
+        if self.manifest.runtime == "onnx":
+            self.device_name = "cpu (onnxruntime)"
+            self.groups = [
+                _OnnxGroup(self.root, self.manifest, g, device)
+                for g in _groups_of(self.manifest, wanted)
+            ]
+        else:
+            torch_device, dtype = pick_device(device)
+            self.device_name = f"{torch_device} {str(dtype).removeprefix('torch.')}"
+            self.groups = [
+                _TorchGroup(self.root, self.manifest, g, torch_device, dtype)
+                for g in _groups_of(self.manifest, wanted)
+            ]
+        log.info("serving model %s from %s on %s", self.version, self.root, self.device_name)
+
+    def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Class probabilities per task, rows in `texts` order, columns in `labels[task]` order.
+
+        Texts are sorted by length and cut into `batch_size` chunks so padding stays small."""
+        clean = preprocessor(self.manifest.preprocess)
+        texts = [clean(t if isinstance(t, str) else str(t)) for t in texts]
+        result = {t: np.zeros((len(texts), len(ls)), np.float32) for t, ls in self.labels.items()}
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            chunk = [texts[i] for i in idx]
+            for group in self.groups:
+                for task, probs in group.probs(chunk).items():
+                    result[task][idx] = probs
+        return result
+
+    def score(self, texts: list[str]) -> list[ItemScores]:
+        if not texts:
+            return []
+        probs = self.predict_proba(texts)
+        return [
+            _item_scores(
+                _label_scores(self.labels[TOPIC], probs[TOPIC][i]),
+                _label_scores(self.labels[SENTIMENT], probs[SENTIMENT][i]),
+            )
+            for i in range(len(texts))
+        ]
+
+
+def _label_scores(labels: list[str], row: np.ndarray) -> LabelScores:
+    values = {name: min(max(float(p), 0.0), 1.0) for name, p in zip(labels, row, strict=True)}
+    best = int(np.argmax(row))
+    return LabelScores(label=labels[best], confidence=values[labels[best]], probs=values)
+
+
+def _item_scores(topic: LabelScores, sentiment: LabelScores) -> ItemScores:
+    score = sentiment.probs["bullish"] - sentiment.probs["bearish"]
+    return ItemScores(topic=topic, sentiment=sentiment, sentiment_score=min(max(score, -1.0), 1.0))

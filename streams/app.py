@@ -1,0 +1,173 @@
+"""The Faust app: raw topic -> micro-batches -> BatchProcessor -> scored / dead-letter topics.
+
+Offsets: `take_events` acknowledges a batch's events only after the agent's loop body has
+returned, and the body returns only once the batch is indexed (the sink retries until
+Elasticsearch takes it) and its dead letters and scored items are delivered to Kafka. A
+worker killed mid-batch therefore commits nothing for that batch and the batch is read
+again on restart; document ids make the second write idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import EventT
+from finsentry.index.bulk_sink import SinkStopped
+from finsentry.streams.batch_processor import BatchProcessor, BatchResult, RawRecord
+
+from finsentry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Topics:
+    raw: faust.TopicT
+    scored: faust.TopicT
+    dead_letters: faust.TopicT
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """SASL / SSL settings for Faust (aiokafka), from the same settings kafka-python uses."""
+    protocol = settings.kafka_security_protocol.upper()
+    context = None
+    if "SSL" in protocol:
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if "SASL" in protocol:
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
+    return faust.App(
+        app_id or settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        stream_buffer_maxsize=max(4 * settings.max_batch, 256),
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(
+            name, value_type=bytes, key_type=bytes, partitions=settings.topic_partitions
+        )
+
+    return Topics(
+        raw=topic(settings.topic_raw),
+        scored=topic(settings.topic_scored),
+        dead_letters=topic(settings.topic_dead_letters),
+    )
+
+
+def to_record(event: EventT) -> RawRecord:
+    message = event.message
+    return RawRecord(
+        value=message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp=message.timestamp,
+    )
+
+
+def hold_offsets(events: Sequence[EventT]) -> None:
+    """Keep the offsets of an unfinished batch from being committed.
+
+    Faust acknowledges a taken batch when the agent leaves it, even on cancellation (a
+    graceful shutdown). Marking the messages as already acknowledged makes that final
+    acknowledgement a no-op, so their offsets stay uncommitted and they are read again.
+    """
+    for event in events:
+        event.message.acked = True
+
+
+async def publish(result: BatchResult, topics: Topics) -> None:
+    """Deliver dead letters and scored items to Kafka, waiting for the broker's ack."""
+    pending = []
+    for letter in result.dead_letters:
+        log.warning(
+            "dead letter %s/%d@%d: %s",
+            letter.source_topic,
+            letter.partition,
+            letter.offset,
+            letter.reason,
+        )
+        pending.append(
+            await topics.dead_letters.send(
+                key=letter.key.encode() if letter.key else None,
+                value=letter.model_dump_json().encode(),
+            )
+        )
+    for item in result.indexed:
+        pending.append(
+            await topics.scored.send(key=item.id.encode(), value=item.model_dump_json().encode())
+        )
+    await asyncio.gather(*pending)
+
+
+async def process_until_done(
+    processor: BatchProcessor, topics: Topics, records: list[RawRecord], settings: Settings
+) -> BatchResult:
+    """Run a batch until it is indexed and published. Every step is idempotent (document
+    ids, dead letters keyed by source offset), so a failed attempt is simply run again
+    while the stream waits: the batch is the bounded buffer."""
+    backoff = settings.bulk_initial_backoff
+    while True:
+        try:
+            result = await processor.process(records)
+            await publish(result, topics)
+            return result
+        except (asyncio.CancelledError, SinkStopped):
+            raise
+        except Exception:
+            log.exception("batch of %d failed; retrying in %.1fs", len(records), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, settings.bulk_max_backoff)
+
+
+def add_scoring_agent(
+    app: faust.App, topics: Topics, processor: BatchProcessor, settings: Settings
+) -> None:
+    @app.task
+    async def declare_output_topics() -> None:
+        await topics.scored.maybe_declare()
+        await topics.dead_letters.maybe_declare()
+
+    @app.agent(topics.raw, name="score")
+    async def score(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            try:
+                await process_until_done(
+                    processor, topics, [to_record(e) for e in events], settings
+                )
+            except BaseException:
+                hold_offsets(events)
+                raise

@@ -1,0 +1,177 @@
+"""One micro-batch, end to end: parse -> score -> link tickers -> index.
+
+This is the body of the Faust agent without Faust: it takes raw Kafka records and returns
+what was indexed and what must go to the dead-letter topic. Blocking work (the models, the
+Elasticsearch client) runs in executor threads so the event loop keeps serving Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from finsentry.index.bulk_sink import BulkSink
+from finsentry.models.scorer import Scorer
+from finsentry.streams.entity_linking import CompanyIndex, find_tickers
+from finsentry.streams.parser import ParseError, parse_raw
+
+from finsentry import metrics
+from finsentry.messages import DeadLetter, ItemScores, NewsItem, ScoredItem, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A Kafka record as it came off the raw topic."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None = None  # seconds since the epoch, from the broker
+
+
+@dataclass
+class BatchResult:
+    indexed: list[ScoredItem] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+def text_for_model(item: NewsItem) -> str:
+    """Headline and body together, without repeating a headline the body starts with."""
+    if item.title and not item.text.startswith(item.title):
+        return f"{item.title}. {item.text}"
+    return item.text
+
+
+def score_isolating_failures(scorer: Scorer, texts: list[str]) -> list[ItemScores | Exception]:
+    """Score a batch; if the model fails on it, split the batch in halves until the
+    offending items are isolated, so one poisonous text cannot stop the rest."""
+    try:
+        return list(scorer.score(texts))
+    except Exception as exc:
+        if len(texts) == 1:
+            return [exc]
+        log.warning("model failed on a batch of %d (%s); splitting", len(texts), exc)
+        middle = len(texts) // 2
+        return score_isolating_failures(scorer, texts[:middle]) + score_isolating_failures(
+            scorer, texts[middle:]
+        )
+
+
+def to_scored_item(
+    item: NewsItem,
+    scores: ItemScores,
+    tickers: list[str],
+    model_version: str,
+    ingested_at: datetime,
+    scored_at: datetime,
+) -> ScoredItem:
+    return ScoredItem(
+        **item.model_dump(),
+        tickers=tickers,
+        topic=scores.topic.label,
+        topic_confidence=scores.topic.confidence,
+        topic_probs=scores.topic.probs,
+        sentiment=scores.sentiment.label,  # type: ignore[arg-type]
+        sentiment_confidence=scores.sentiment.confidence,
+        sentiment_probs=scores.sentiment.probs,
+        sentiment_score=scores.sentiment_score,
+        model_version=model_version,
+        ingested_at=ingested_at,
+        scored_at=scored_at,
+        latency_ms=max(0.0, (scored_at - ingested_at).total_seconds() * 1000),
+    )
+
+
+def _dead_letter(record: RawRecord, error: str, reason: str) -> DeadLetter:
+    return DeadLetter.from_raw(
+        record.value or b"",
+        reason=reason,
+        error=error,
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+    )
+
+
+@dataclass
+class BatchProcessor:
+    scorer: Scorer
+    companies: CompanyIndex
+    sink: BulkSink
+    executor: Executor
+    max_text_chars: int
+    dead_letter_sink: BulkSink | None = None
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        result = BatchResult()
+        parsed: dict[str, tuple[NewsItem, RawRecord]] = {}
+        for record in records:
+            outcome = parse_raw(record.value, self.max_text_chars)
+            if isinstance(outcome, ParseError):
+                result.dead_letters.append(_dead_letter(record, outcome.error, outcome.reason))
+            else:
+                # The same id twice in one batch: the later record wins, as it would in the index.
+                parsed[outcome.id] = (outcome, record)
+        if parsed:
+            await self._score_and_index(list(parsed.values()), result)
+        if result.dead_letters:
+            await self._index_dead_letters(result.dead_letters)
+        return result
+
+    async def _index_dead_letters(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            metrics.DEAD_LETTERS.labels(error=letter.error).inc()
+        if self.dead_letter_sink is None:
+            return
+        docs = {
+            f"{x.source_topic}-{x.partition}-{x.offset}": x.model_dump(mode="json") for x in letters
+        }
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.dead_letter_sink.write, docs)
+
+    async def _score_and_index(
+        self, items: list[tuple[NewsItem, RawRecord]], result: BatchResult
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [text_for_model(item) for item, _ in items]
+        started = time.perf_counter()
+        scores = await loop.run_in_executor(
+            self.executor, score_isolating_failures, self.scorer, texts
+        )
+        metrics.SCORING_LATENCY.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(texts))
+        scored_at = utcnow()
+        docs: dict[str, ScoredItem] = {}
+        for (item, record), score in zip(items, scores, strict=True):
+            if isinstance(score, Exception):
+                reason = f"model failed on this item: {type(score).__name__}: {score}"[:500]
+                result.dead_letters.append(_dead_letter(record, "model_error", reason))
+                continue
+            ingested_at = (
+                datetime.fromtimestamp(record.timestamp, UTC) if record.timestamp else scored_at
+            )
+            tickers = find_tickers(text_for_model(item), self.companies)
+            docs[item.id] = to_scored_item(
+                item, score, tickers, self.scorer.version, ingested_at, scored_at
+            )
+        if not docs:
+            return
+        sources = {doc_id: doc.model_dump(mode="json") for doc_id, doc in docs.items()}
+        outcome = await loop.run_in_executor(self.executor, self.sink.write, sources)
+        by_id = {item.id: record for item, record in items}
+        for doc_id, reason in outcome.rejected:
+            result.dead_letters.append(
+                _dead_letter(by_id[doc_id], "index_rejected", f"Elasticsearch refused it: {reason}")
+            )
+        result.indexed.extend(docs[doc_id] for doc_id in outcome.indexed)
+        metrics.ITEMS_SCORED.inc(len(outcome.indexed))

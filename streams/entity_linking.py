@@ -1,0 +1,175 @@
+"""Find the tickers a text talks about: cashtags, exchange tags and company names.
+
+Company names come from CSV lists (symbol + name columns). Names are matched on word
+boundaries, case-sensitively, longest match first. A one-word name is ambiguous when it is
+also an ordinary word ("Target", "Apple", "Visa", "Snap") or when it comes from a broad
+exchange listing rather than a curated list (one with a sector column, like the S&P 500):
+an ambiguous name only counts when the text looks like it talks about a company, i.e. the
+name carries its legal suffix, or the text has finance words or a cashtag.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:\.[A-Za-z]{1,2})?)(?![\w])")
+EXCHANGE_TAG = re.compile(
+    r"\((?:NYSE|NASDAQ|Nasdaq|NYSE American|NYSEARCA|AMEX|OTC)\s*:\s*([A-Z]{1,6}(?:\.[A-Z])?)\)"
+)
+WORD = re.compile(r"[A-Za-z0-9&]+(?:['.\-][A-Za-z0-9&]+)*")
+
+_LEGAL_SUFFIXES = {
+    "inc", "inc.", "incorporated", "corp", "corp.", "corporation", "co", "co.", "company",
+    "ltd", "ltd.", "limited", "plc", "llc", "l.p.", "lp", "n.v.", "s.a.", "ag", "se", "sa",
+    "holdings", "holding", "group", "the",
+}  # fmt: skip
+_SHARE_CLASS = re.compile(
+    r"\s+[-–]\s+.*$|\s+(class [a-z]\b.*|common stock.*|ordinary shares.*|american depositary.*"
+    r"|depositary shares.*|warrants?.*|units?\b.*|rights?\b.*|\(the\).*|series [a-z]\b.*"
+    r"|\(class [a-z]\).*)$",
+    re.IGNORECASE,
+)
+_FINANCE_CONTEXT = {
+    "shares", "stock", "stocks", "earnings", "revenue", "profit", "ceo", "cfo", "analyst",
+    "analysts", "upgrade", "upgrades", "downgrade", "downgrades", "guidance", "dividend",
+    "ipo", "nasdaq", "nyse", "investors", "quarter", "quarterly", "q1", "q2", "q3", "q4",
+    "sales", "rating", "outperform", "underperform",
+    "market", "valuation", "acquisition", "merger", "sec", "lawsuit", "layoffs",
+    "forecast", "outlook", "misses", "rally", "plunge", "plunges", "soars", "falls",
+    "rises", "jumps", "slides", "tumbles",
+}  # fmt: skip
+# Single-word names that are everyday words in tweets and headlines.
+_COMMON_WORDS = {
+    "apple", "target", "visa", "snap", "block", "gap", "ball", "match", "crown", "best",
+    "general", "ford", "amazon", "oracle", "chase", "progressive", "southern", "equity",
+    "global", "united", "american", "national", "first", "digital", "energy", "fox",
+    "news", "square", "shell", "total", "intel", "delta", "alpha", "meta", "live", "open",
+    "bank", "data", "cloud", "coin", "gold", "silver", "booking", "discovery", "genuine",
+    "public", "realty", "regency", "service", "state", "street", "union", "waters",
+    "zoom", "lumen", "carrier", "catalyst", "edison", "eagle", "evergy", "everest",
+    "focus", "frontier", "harmony", "insight", "liberty", "marathon", "mosaic", "nucor",
+    "pioneer", "prudential", "sierra", "summit", "trade", "trust", "unity", "vista", "west",
+    "a", "an", "on", "it", "all", "any", "are", "be", "can", "for", "now", "one", "so",
+    "big", "car", "cat", "key", "low", "net", "new", "out", "run", "see", "way",
+}  # fmt: skip
+
+
+def clean_company_name(name: str) -> str:
+    """'Apple Inc. - Common Stock' -> 'Apple'; 'Alcoa Corporation Common Stock' -> 'Alcoa'."""
+    name = _SHARE_CLASS.sub("", name.strip().strip('"'))
+    words = name.replace(",", " ").split()
+    while len(words) > 1 and words[-1].lower() in _LEGAL_SUFFIXES:
+        words.pop()
+    return " ".join(words)
+
+
+@dataclass
+class CompanyIndex:
+    """Name token sequences -> ticker, as a trie for longest-match scanning."""
+
+    symbols: set[str] = field(default_factory=set)
+    trie: dict = field(default_factory=dict)
+    trusted: set[tuple[str, ...]] = field(default_factory=set)
+
+    def add(self, symbol: str, name: str, curated: bool = True) -> None:
+        symbol = symbol.strip().upper()
+        if not symbol or not name.strip():
+            return
+        self.symbols.add(symbol)
+        for alias in {name.strip(), clean_company_name(name)}:
+            tokens = tuple(WORD.findall(alias))
+            if not tokens or (len(tokens) == 1 and _too_short(tokens[0])):
+                continue
+            node = self.trie
+            for token in tokens:
+                node = node.setdefault(token, {})
+            node.setdefault("$symbol", symbol)
+            if len(tokens) == 1 and curated and tokens[0].lower() not in _COMMON_WORDS:
+                self.trusted.add(tokens)
+
+    def is_ambiguous(self, tokens: tuple[str, ...]) -> bool:
+        return len(tokens) == 1 and tokens not in self.trusted
+
+
+def _too_short(token: str) -> bool:
+    """'3M' and 'GE' are names; 'on' or 'A' are not worth matching."""
+    return len(token) < 2 or (len(token) == 2 and token.islower())
+
+
+def _symbol_and_name(row: dict[str, str]) -> tuple[str, str] | None:
+    lowered = {k.strip().lower(): (v or "") for k, v in row.items() if k}
+    symbol = next((lowered[k] for k in ("symbol", "act symbol", "ticker") if k in lowered), None)
+    name = next(
+        (lowered[k] for k in ("security", "security name", "company name", "name") if k in lowered),
+        None,
+    )
+    if symbol is None or name is None:
+        return None
+    return symbol, name
+
+
+def load_company_index(paths: Iterable[Path]) -> CompanyIndex:
+    """Read company lists (CSV with a symbol column and a name column)."""
+    index = CompanyIndex()
+    for path in paths:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = {c.strip().lower() for c in reader.fieldnames or []}
+            curated = bool(columns & {"gics sector", "sector"})
+            for row in reader:
+                pair = _symbol_and_name(row)
+                if pair is None:
+                    raise ValueError(f"{path}: needs a symbol column and a name column")
+                index.add(*pair, curated=curated)
+    return index
+
+
+def _has_finance_context(words: list[str], text: str) -> bool:
+    return bool(CASHTAG.search(text)) or any(w.lower() in _FINANCE_CONTEXT for w in words)
+
+
+def find_tickers(text: str, companies: CompanyIndex) -> list[str]:
+    """Tickers mentioned in `text`, in order of first mention, without repeats."""
+    found: list[str] = []
+
+    def add(symbol: str) -> None:
+        if symbol not in found:
+            found.append(symbol)
+
+    # A cashtag is an explicit ticker mention, listed today or not ($BTC, delisted names).
+    for match in CASHTAG.finditer(text):
+        add(match.group(1).upper())
+    for match in EXCHANGE_TAG.finditer(text):
+        add(match.group(1))
+
+    words = WORD.findall(text)
+    finance_context: bool | None = None
+    i = 0
+    while i < len(words):
+        node, best, best_len = companies.trie, None, 0
+        for j in range(i, len(words)):
+            node = node.get(words[j])  # type: ignore[assignment]
+            if node is None:
+                break
+            if "$symbol" in node:
+                best, best_len = node["$symbol"], j - i + 1
+        if best is not None:
+            tokens = tuple(words[i : i + best_len])
+            if companies.is_ambiguous(tokens):
+                followed_by_suffix = (
+                    i + 1 < len(words) and words[i + 1].lower().rstrip(".,") in _LEGAL_SUFFIXES
+                )
+                if finance_context is None:
+                    finance_context = _has_finance_context(words, text)
+                if not (followed_by_suffix or finance_context):
+                    i += 1
+                    continue
+            add(best)
+            i += best_len
+        else:
+            i += 1
+    return found

