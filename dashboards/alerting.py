@@ -24,6 +24,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from finsentry.alerts.rules import KeyType, NegativeShareRule, NegativeSpikeRule
 from finsentry.dashboards.config import (
     CONTACT_POINT,
+    FOLDER_TITLE,
     FOLDER_UID,
     ITEMS_DS_UID,
     ITEMS_TIME_FIELD,
@@ -213,7 +214,7 @@ def alerting_files(cfg: GrafanaConfig) -> dict[str, dict[str, Any]]:
                 {
                     "orgId": ORG_ID,
                     "name": RULE_GROUP,
-                    "folder": FOLDER_UID,
+                    "folder": FOLDER_TITLE,
                     "interval": f"{cfg.rules.bucket_s}s",
                     "rules": rules,
                 }

@@ -13,9 +13,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from finsentry.feeds.producer import Pacer, make_producer
 from tqdm import tqdm
 
+from finsentry.feeds.producer import Pacer, make_producer
 from finsentry.settings import Settings
 
 

@@ -78,7 +78,6 @@ class Settings(BaseSettings):
     es_max_retries: int = Field(3, ge=0)
     items_index: str = "finsentry-items"
     alerts_index: str = "finsentry-alerts"
-    dead_letters_index: str = "finsentry-dead-letters"
 
     # --- models -----------------------------------------------------------------------
     models_dir: Path = Field(_REPO_ROOT / "artifacts" / "models")

@@ -18,10 +18,10 @@ from typing import Any
 
 import faust
 from faust.types import EventT
-from finsentry.index.bulk_sink import SinkStopped
-from finsentry.streams.batch_processor import BatchProcessor, BatchResult, RawRecord
 
+from finsentry.index.bulk_sink import SinkStopped
 from finsentry.settings import Settings
+from finsentry.streams.batch_processor import BatchProcessor, BatchResult, RawRecord
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from finsentry import metrics
 from finsentry.index.bulk_sink import BulkSink
+from finsentry.messages import DeadLetter, ItemScores, NewsItem, ScoredItem, utcnow
 from finsentry.models.scorer import Scorer
 from finsentry.streams.entity_linking import CompanyIndex, find_tickers
 from finsentry.streams.parser import ParseError, parse_raw
-
-from finsentry import metrics
-from finsentry.messages import DeadLetter, ItemScores, NewsItem, ScoredItem, utcnow
 
 log = logging.getLogger(__name__)
 

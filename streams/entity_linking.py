@@ -58,6 +58,10 @@ _COMMON_WORDS = {
 }  # fmt: skip
 
 
+# Exchange and index names: a company name too, but nearly always meant as the market.
+_NEVER_BY_NAME = {("Nasdaq",), ("NASDAQ",), ("NYSE",), ("Dow",)}
+
+
 def clean_company_name(name: str) -> str:
     """'Apple Inc. - Common Stock' -> 'Apple'; 'Alcoa Corporation Common Stock' -> 'Alcoa'."""
     name = _SHARE_CLASS.sub("", name.strip().strip('"'))
@@ -82,7 +86,11 @@ class CompanyIndex:
         self.symbols.add(symbol)
         for alias in {name.strip(), clean_company_name(name)}:
             tokens = tuple(WORD.findall(alias))
-            if not tokens or (len(tokens) == 1 and _too_short(tokens[0])):
+            if (
+                not tokens
+                or tokens in _NEVER_BY_NAME
+                or (len(tokens) == 1 and _too_short(tokens[0]))
+            ):
                 continue
             node = self.trie
             for token in tokens:

@@ -7,15 +7,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+
+from finsentry.es_client import describe_es_client, make_es_client
 from finsentry.index.bulk_sink import BulkSink
 from finsentry.index.template import apply_dead_letters_template, apply_items_template
 from finsentry.models.scorer import load_scorer
+from finsentry.settings import Settings
 from finsentry.streams.app import add_scoring_agent, create_app, declare_topics
 from finsentry.streams.batch_processor import BatchProcessor
 from finsentry.streams.entity_linking import load_company_index
-
-from finsentry.es_client import describe_es_client, make_es_client
-from finsentry.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,19 @@ def base_settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def services(base_settings: Settings) -> Settings:
-    """Start (or reuse) the local Kafka and Elasticsearch."""
-    if base_settings.manage_services:
-        from finsentry.services import manager
+def services(base_settings: Settings) -> Iterator[Settings]:
+    """Start (or reuse) the local Kafka and Elasticsearch; stop them afterwards only if
+    this session started them."""
+    if not base_settings.manage_services:
+        yield base_settings
+        return
+    from finsentry.services import manager
 
-        manager.up(base_settings)
-    return base_settings
+    already_running = all(s.healthy for s in manager.status(base_settings).values())
+    manager.up(base_settings)
+    yield base_settings
+    if not already_running:
+        manager.down(base_settings)
 
 
 @pytest.fixture(scope="session")

@@ -361,9 +361,9 @@ def test_rate_limiter_sliding_window() -> None:
 
 
 def test_es_reason_prefers_the_root_cause() -> None:
-    class Refused(Exception):
-        message = "parsing_exception"
-        body = {"error": {"root_cause": [{"type": "parsing_exception", "reason": "bad agg"}]}}
-
-    assert es_reason(Refused()) == "parsing_exception: bad agg"
+    refused = Exception("parsing_exception")
+    refused.body = {  # type: ignore[attr-defined]
+        "error": {"root_cause": [{"type": "parsing_exception", "reason": "bad agg"}]}
+    }
+    assert es_reason(refused) == "parsing_exception: bad agg"
     assert es_reason(ValueError("plain")) == "plain"

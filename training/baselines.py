@@ -99,7 +99,7 @@ def head_only(
         _, apply_head = _feature_fn(head_model)  # type: ignore[misc]
         params = list(head_model.classifier.parameters())
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-        y_train = torch.from_numpy(split["train"][1])
+        y_train = torch.tensor(split["train"][1], dtype=torch.long)
         best, best_state, waited = -1.0, None, 0
         generator = torch.Generator().manual_seed(seed)
         for _ in range(epochs):

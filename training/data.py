@@ -94,7 +94,7 @@ def default_label_map(spec: DataSpec) -> dict[str, str] | None:
     return read_label_map(beside) if Path(spec.source).exists() and beside.is_file() else None
 
 
-def _raw_key(value: object) -> str:
+def raw_key(value: object) -> str:
     """Labels as strings; integral floats (pandas upcasts) lose their `.0`."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -119,7 +119,7 @@ def clean_examples(
     frame = frame.loc[keep]
     if frame.empty:
         raise DataError(f"{origin}: no rows with both a text and a label")
-    raw = [_raw_key(v) for v in frame[spec.label_col]]
+    raw = [raw_key(v) for v in frame[spec.label_col]]
     mapping = default_label_map(spec)
     try:
         if mapping is None:

@@ -66,6 +66,9 @@ def build_models(
     """One sequence-classification model per task from the base checkpoint.
 
     With several tasks the models share (tie) one encoder: one encoder, one head per task."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" report
     base = resolve_base(config.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
     models: dict[str, PreTrainedModel] = {}
@@ -319,8 +322,8 @@ def fit(
         else None
         for t in tasks
     }
-    labels = {t: torch.from_numpy(train.labels[t]) for t in tasks}
-    soft = {t: torch.from_numpy(v) for t, v in train.soft.items()}
+    labels = {t: torch.tensor(train.labels[t], dtype=torch.long) for t in tasks}
+    soft = {t: torch.tensor(v, dtype=torch.float32) for t, v in train.soft.items()}
     temperature = config.distill_temperature
     alpha = config.distill_alpha if soft else 0.0
 

@@ -87,8 +87,11 @@ def _fmt(value: float) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    def cells(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+
+    lines = [cells(header), "|" + "|".join("---" for _ in header) + "|"]
+    lines += [cells(row) for row in rows]
     return "\n".join(lines)
 
 

@@ -31,8 +31,8 @@ Teacher = Callable[[list[str]], Mapping[str, np.ndarray]]
 """Texts -> per task probabilities, columns in the student's label order."""
 
 
-def load_all(config: TrainConfig) -> dict[str, TaskData]:
-    """Each task's data, cleaned, preprocessed and split (train / val / test)."""
+def load_all(config: TrainConfig, *, preprocess: bool = True) -> dict[str, TaskData]:
+    """Each task's data, cleaned, split (train / val / test) and (optionally) preprocessed."""
     clean = preprocessor(config.preprocess)
     out: dict[str, TaskData] = {}
     for task in config.tasks():
@@ -44,7 +44,7 @@ def load_all(config: TrainConfig) -> dict[str, TaskData]:
             seed=config.seed,
             max_samples=config.max_train_samples,
         )
-        for frame in (data.train, data.val, data.test):
+        for frame in (data.train, data.val, data.test) if preprocess else ():
             frame["text"] = [clean(t) for t in frame["text"]]
         out[task] = data
     return out

@@ -1,0 +1,34 @@
+# The two commands in README.md: `make run` (the main job) and `make test` (the suite).
+# Both install what they need into .venv first (pip's cache makes repeat installs quick).
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint services-up services-down clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/finsentry run
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+services-up: install
+	$(BIN)/finsentry services up
+
+services-down: install
+	$(BIN)/finsentry services down
+
+clean:
+	rm -rf $(VENV) .finsentry

@@ -1,0 +1,161 @@
+"""Export an artifact to ONNX (optionally int8-quantised) and check it against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from finsentry.models.artifact import ArtifactError, Manifest, read_manifest, staging
+from finsentry.models.runtime import ArtifactScorer, _groups_of
+
+Quantize = Literal["int8", "none"]
+_WEIGHTS = {"model.safetensors", "pytorch_model.bin"}
+
+
+def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, opset: int) -> None:
+    """One ONNX graph: token ids in, `logits_<task>` for each task out (fp32)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finsentry.models.heads import TaskHeads
+
+    tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
+    models = {
+        t: AutoModelForSequenceClassification.from_pretrained(root / manifest.tasks[t].path)
+        for t in tasks
+    }
+    module = TaskHeads(models, shared_encoder=manifest.shared_encoder and len(tasks) > 1).eval()
+    sample = tokenizer(
+        ["a short text", "a somewhat longer text to give the exporter two lengths"],
+        padding=True,
+        return_tensors="pt",
+    )
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    outputs = [f"logits_{t}" for t in tasks]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes.update({o: {0: "batch"} for o in outputs})
+    with torch.inference_mode():
+        torch.onnx.export(
+            module,
+            tuple(sample[n] for n in names),
+            str(out),
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def _quantize(fp32: Path, int8: Path) -> None:
+    """Dynamic int8 quantisation with per-channel weight scales."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
+
+
+def parity(
+    reference: ArtifactScorer, candidate: ArtifactScorer, texts: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Label agreement and probability differences per task, on the same texts."""
+    ref = reference.predict_proba(texts)
+    cand = candidate.predict_proba(texts)
+    report: dict[str, dict[str, float]] = {}
+    for task in ref:
+        diff = np.abs(ref[task] - cand[task])
+        report[task] = {
+            "n": len(texts),
+            "label_agreement": float(np.mean(ref[task].argmax(1) == cand[task].argmax(1))),
+            "max_prob_diff": float(diff.max()) if len(texts) else 0.0,
+            "mean_prob_diff": float(diff.mean()) if len(texts) else 0.0,
+        }
+    return report
+
+
+def heldout_texts(manifest: Manifest, limit: int | None = None) -> list[str]:
+    """The test-split texts of the data the artifact was trained on (same seed, same split)."""
+    from finsentry.training.config import TrainConfig
+    from finsentry.training.train import load_all
+
+    try:
+        config = TrainConfig.model_validate({**manifest.params, "output_dir": "."})
+    except ValueError as exc:
+        raise ArtifactError(
+            "the artifact does not record how it was trained; pass --data for the parity check"
+        ) from exc
+    data = load_all(config, preprocess=False)
+    texts = [t for d in data.values() for t in d.test["text"].tolist()]
+    return texts[:limit] if limit else texts
+
+
+def export_onnx(
+    model_dir: Path,
+    *,
+    output: Path | None = None,
+    quantize: Quantize = "int8",
+    texts: Sequence[str] | None = None,
+    opset: int = 17,
+) -> tuple[Path, dict[str, Any]]:
+    """Write an ONNX artifact (a sibling manifest, tokenizer and label configs) and its parity.
+
+    `output` is the folder the new artifact goes into (default: `<model_dir>/exports`);
+    `texts` are the held-out texts for the parity check (default: the training test split)."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if manifest.runtime != "torch":
+        raise ArtifactError(f"{model_dir} is already an ONNX export; export its PyTorch parent")
+    texts = list(texts) if texts is not None else heldout_texts(manifest)
+    output = Path(output) if output is not None else model_dir / "exports"
+    output.mkdir(parents=True, exist_ok=True)
+    tasks = list(manifest.tasks)
+    with staging(output) as stage:
+        specs: dict[str, Any] = {}
+        for i, group in enumerate(_groups_of(manifest, tasks)):
+            name = "model.onnx" if i == 0 else f"model_{i}.onnx"
+            fp32 = stage.path / f"fp32-{name}"
+            _export_group(model_dir, manifest, group, fp32, opset)
+            if quantize == "int8":
+                _quantize(fp32, stage.path / name)
+                fp32.unlink()
+            else:
+                fp32.rename(stage.path / name)
+            for task in group:
+                src = model_dir / manifest.tasks[task].path
+                dst = stage.path / manifest.tasks[task].path
+                dst.mkdir(parents=True, exist_ok=True)
+                for file in src.iterdir():
+                    if file.is_file() and file.name not in _WEIGHTS:
+                        shutil.copy2(file, dst / file.name)
+                specs[task] = manifest.tasks[task].model_copy(
+                    update={"onnx_file": name, "onnx_output": f"logits_{task}"}
+                )
+        params = {"parent": manifest.params, "export": {"quantize": quantize, "opset": opset}}
+        fields = {
+            **manifest.model_dump(exclude={"version", "created_at", "data", "params", "tasks"}),
+            "runtime": "onnx",
+            "tasks": specs,
+            "parent_version": manifest.version,
+            "quantization": "int8 dynamic, per-channel (onnxruntime)" if quantize == "int8" else None,
+        }
+        new = stage.manifest(fields, data=manifest.data, params=params)
+        (stage.path / "manifest.json").write_text(new.model_dump_json(indent=2), encoding="utf-8")
+        reference = ArtifactScorer(model_dir, device="cpu")
+        candidate = ArtifactScorer(stage.path, device="cpu")
+        report = {
+            "parent_version": manifest.version,
+            "version": new.version,
+            "quantize": quantize,
+            "tasks": parity(reference, candidate, texts),
+            "onnx_bytes": sum(f.stat().st_size for f in stage.path.glob("*.onnx")),
+            "torch_bytes": sum(
+                f.stat().st_size for f in model_dir.rglob("model.safetensors")
+            ),
+        }
+        (stage.path / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        path = stage.commit(new)
+    return path, report
