@@ -76,7 +76,7 @@ def _feed(settings: Settings, replay_file: Path | None, rate: float, stop: threa
 def run(
     ctx: typer.Context,
     replay_file: Path | None = typer.Option(
-        None, "--replay", exists=True, dir_okay=False, help="Replay this file instead of simulating."
+        None, "--replay", exists=True, dir_okay=False, help="Replay this file, not the simulator."
     ),
     rate: float = typer.Option(20.0, help="Feed rate, items per second."),
     no_feed: bool = typer.Option(False, help="Start no feed: score what arrives on Kafka."),
