@@ -139,9 +139,7 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
 
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     scored = app.topic(settings.topic_scored, **raw)
-    keyed = app.topic(
-        f"{app_id}-keyed", internal=True, partitions=settings.topic_partitions, **raw
-    )
+    keyed = app.topic(f"{app_id}-keyed", internal=True, partitions=settings.topic_partitions, **raw)
     alerts_topic = app.topic(settings.topic_alerts, **raw)
 
     expires = rules.horizon_s + 2 * rules.bucket_s

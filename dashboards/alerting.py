@@ -122,7 +122,12 @@ def grafana_rule(
             f"{label}: {{{{ $values.C.Value }}}} bearish items in {rules.window_s // 60} min, "
             f"over {_number(rule.factor)}x the mean of the {n} windows before"
         )
-    queries += [_sum("C", "A"), _sum("D", "B"), _math("E", condition), _fires_when_positive("F", "E")]
+    queries += [
+        _sum("C", "A"),
+        _sum("D", "B"),
+        _math("E", condition),
+        _fires_when_positive("F", "E"),
+    ]
     return (
         alerting.Rule(title)
         .uid(f"finsentry-{rule.name}-{key_type}".replace("_", "-"))

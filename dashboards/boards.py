@@ -209,8 +209,14 @@ def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
         .x_field("tickers")
         .orientation(cm.VizOrientation.HORIZONTAL)
         .show_value(cm.VisibilityMode.AUTO)
-        .override_by_name("Count", [dm.DynamicConfigValue(id_val="custom.hideFrom", value={
-            "legend": True, "tooltip": False, "viz": True})])
+        .override_by_name(
+            "Count",
+            [
+                dm.DynamicConfigValue(
+                    id_val="custom.hideFrom", value={"legend": True, "tooltip": False, "viz": True}
+                )
+            ],
+        )
         .legend(_legend())
         .grid_pos(_grid(10, 12, 0, 9))
     )

@@ -47,7 +47,9 @@ class GrafanaConfig(BaseModel):
     items_index: str = Field(default_factory=lambda: _default("items_index"))
     alerts_index: str = Field(default_factory=lambda: _default("alerts_index"))
     dead_letters_index: str = Field(default_factory=lambda: _default("dead_letters_index"))
-    es_url: str = Field("http://elasticsearch:9200", description="Elasticsearch as Grafana sees it.")
+    es_url: str = Field(
+        "http://elasticsearch:9200", description="Elasticsearch as Grafana sees it."
+    )
     es_version: str = ELASTICSEARCH_VERSION
     rules: AlertRules = Field(default_factory=AlertRules)
 

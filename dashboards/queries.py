@@ -62,7 +62,9 @@ def avg(id_: str, field: str) -> es.Average:
 
 
 def avg_script(id_: str, script: str) -> es.Average:
-    settings = es.ElasticsearchAverageSettings().script(es.ElasticsearchInlineScript().inline(script))
+    settings = es.ElasticsearchAverageSettings().script(
+        es.ElasticsearchInlineScript().inline(script)
+    )
     return es.Average().id(id_).settings(settings)
 
 

@@ -72,7 +72,9 @@ _NOT_A_COMPANY = (
     " etf", " fund", " trust", "warrant", " unit", " right", " notes", "preferred",
     "depositary", "debenture", "acquisition corp", " index", " etn",
 )  # fmt: skip
-_FORMAL_SUFFIX = re.compile(r"\s*\((?:the|class [a-z])\)|\s+-\s+.*$|\s+common stock.*$", re.IGNORECASE)
+_FORMAL_SUFFIX = re.compile(
+    r"\s*\((?:the|class [a-z])\)|\s+-\s+.*$|\s+common stock.*$", re.IGNORECASE
+)
 
 
 def _column(columns: dict[str, str], candidates: Sequence[str]) -> str | None:
@@ -134,111 +136,173 @@ def load_companies(paths: Iterable[Path]) -> list[Company]:
 # --- templates -------------------------------------------------------------------------
 
 
-def _t(
-    id: str, sentiment: Sentiment, style: Style, text: str, theme: str | None = None
-) -> Template:
-    return Template(id=id, sentiment=sentiment, style=style, text=text, theme=theme)
+def _company_templates(
+    table: dict[tuple[Sentiment, Style], dict[str, tuple[str, ...]]],
+) -> tuple[Template, ...]:
+    """Templates from a (sentiment, style) -> theme -> texts table; "" means no theme."""
+    return tuple(
+        Template(
+            id=f"{sentiment}-{style}-{theme or 'any'}-{i}",
+            sentiment=sentiment,
+            style=style,
+            text=text,
+            theme=theme or None,
+        )
+        for (sentiment, style), themes in table.items()
+        for theme, texts in themes.items()
+        for i, text in enumerate(texts, 1)
+    )
 
 
-def _m(id: str, sentiment: Sentiment, style: Style, text: str) -> Template:
-    return Template(id=id, sentiment=sentiment, style=style, text=text, macro=True)
+def _macro_templates(table: dict[tuple[Sentiment, Style], tuple[str, ...]]) -> tuple[Template, ...]:
+    return tuple(
+        Template(
+            id=f"macro-{sentiment}-{style}-{i}",
+            sentiment=sentiment,
+            style=style,
+            text=text,
+            macro=True,
+        )
+        for (sentiment, style), texts in table.items()
+        for i, text in enumerate(texts, 1)
+    )
 
 
-COMPANY_TEMPLATES: tuple[Template, ...] = (
-    # bearish wire headlines
-    _t("nb-recall-1", "bearish", "news", "{name} recalls {units} units over a safety defect", "recall"),
-    _t("nb-recall-2", "bearish", "news", "{name} widens recall after regulators flag {defect}", "recall"),
-    _t("nb-recall-3", "bearish", "news", "{name} halts shipments of its {product} pending safety review", "recall"),
-    _t("nb-probe-1", "bearish", "news", "{name} shares slide on report of federal probe into its accounting", "probe"),
-    _t("nb-probe-2", "bearish", "news", "Regulators open investigation into {name} sales practices", "probe"),
-    _t("nb-probe-3", "bearish", "news", "{name} discloses SEC subpoena; stock falls {pct}%", "probe"),
-    _t("nb-guide-1", "bearish", "news", "{name} cuts full-year outlook, citing weaker demand", "guidance"),
-    _t("nb-guide-2", "bearish", "news", "{name} misses {q} estimates with EPS of ${eps_miss} vs ${eps_est} expected", "guidance"),
-    _t("nb-guide-3", "bearish", "news", "{name} slashes revenue forecast; shares tumble {pct}% after hours", "guidance"),
-    _t("nb-down-1", "bearish", "news", "{firm} downgrades {name} to underperform, cuts price target to ${pt_lo}", "downgrade"),
-    _t("nb-down-2", "bearish", "news", "{name} cut to sell at {firm} on margin worries", "downgrade"),
-    _t("nb-legal-1", "bearish", "news", "{name} hit with class action lawsuit over misleading disclosures", "legal"),
-    _t("nb-legal-2", "bearish", "news", "Short seller {short_firm} targets {name}, alleging inflated revenue", "legal"),
-    _t("nb-jobs-1", "bearish", "news", "{name} to cut {n_jobs} jobs as restructuring deepens", "layoffs"),
-    _t("nb-exec-1", "bearish", "news", "{name} CFO resigns abruptly; shares fall {pct}%", "exec"),
-    _t("nb-div-1", "bearish", "news", "{name} suspends dividend to preserve cash as losses mount"),
-    _t("nb-breach-1", "bearish", "news", "{name} reports data breach affecting millions of customers", "breach"),
-    _t("nb-sector-1", "bearish", "news", "{name} drags {sector} stocks lower after weak quarter", "guidance"),
-    # bullish wire headlines
-    _t("nu-beat-1", "bullish", "news", "{name} beats {q} estimates as revenue climbs {pct}%"),
-    _t("nu-beat-2", "bullish", "news", "{name} tops forecasts with EPS of ${eps_beat} vs ${eps_est} expected"),
-    _t("nu-guide-1", "bullish", "news", "{name} raises full-year guidance on strong demand"),
-    _t("nu-up-1", "bullish", "news", "{firm} upgrades {name} to buy, lifts price target to ${pt_hi}"),
-    _t("nu-up-2", "bullish", "news", "{firm} initiates {name} at outperform, sees {big_pct}% upside"),
-    _t("nu-buyback-1", "bullish", "news", "{name} announces ${bn}B share buyback"),
-    _t("nu-div-1", "bullish", "news", "{name} boosts quarterly dividend by {pct}%"),
-    _t("nu-deal-1", "bullish", "news", "{name} wins multiyear contract worth ${bn}B"),
-    _t("nu-jump-1", "bullish", "news", "{name} shares jump {pct}% after record quarterly sales"),
-    _t("nu-approve-1", "bullish", "news", "{name} wins regulatory approval for its new {product}"),
-    _t("nu-high-1", "bullish", "news", "{name} stock hits all-time high as margins expand"),
-    _t("nu-sector-1", "bullish", "news", "{name} leads {sector} gainers after upbeat forecast"),
-    # neutral wire headlines
-    _t("nn-date-1", "neutral", "news", "{name} to report {q} results on {weekday}"),
-    _t("nn-exec-1", "neutral", "news", "{name} names new chief operating officer"),
-    _t("nn-conf-1", "neutral", "news", "{name} to present at {conference} next week"),
-    _t("nn-debt-1", "neutral", "news", "{name} completes previously announced notes offering"),
-    _t("nn-div-1", "neutral", "news", "{name} declares regular quarterly dividend of ${dividend} per share"),
-    _t("nn-flat-1", "neutral", "news", "{name} shares little changed ahead of investor day"),
-    _t("nn-hold-1", "neutral", "news", "{firm} reiterates hold rating on {name}, price target ${pt_mid}"),
-    _t("nn-filing-1", "neutral", "news", "{name} files annual report with the SEC"),
-    _t("nn-board-1", "neutral", "news", "{name} appoints {person} to its board of directors"),
-    _t("nn-meet-1", "neutral", "news", "{name} sets date for annual shareholder meeting"),
-    # bearish social
-    _t("sb-chart-1", "bearish", "social", "{tag} looks ugly, broke support and no bid in sight {bear_emoji}"),
-    _t("sb-sold-1", "bearish", "social", "Sold all my {tag} today. Management keeps overpromising and underdelivering"),
-    _t("sb-guide-1", "bearish", "social", "That {name} guidance cut is a disaster, {tag} has a lot more downside", "guidance"),
-    _t("sb-down-1", "bearish", "social", "{tag} down {pct}% and I think it's just getting started {bear_emoji}"),
-    _t("sb-recall-1", "bearish", "social", "A recall on top of weak margins? {tag} is uninvestable right now", "recall"),
-    _t("sb-probe-1", "bearish", "social", "If this probe turns out to be real, {tag} gets cut in half", "probe"),
-    _t("sb-dg-1", "bearish", "social", "Bought puts on {tag}. This downgrade won't be the last one", "downgrade"),
-    _t("sb-bags-1", "bearish", "social", "{tag} bagholders, how are we feeling today {bear_emoji}"),
-    _t("sb-call-1", "bearish", "social", "Terrible call from {name} management, dodged every question. Out of {tag}", "guidance"),
-    _t("sb-knife-1", "bearish", "social", "{tag} is a falling knife, stay away until it finds a floor"),
-    _t("sb-jobs-1", "bearish", "social", "More layoffs at {name}. Demand must be worse than they admit {tag}", "layoffs"),
-    _t("sb-legal-1", "bearish", "social", "Lawyers circling {tag} already, this will drag on for years", "legal"),
-    _t("sb-breach-1", "bearish", "social", "{name} leaking customer data again?? {tag} deserves this selloff", "breach"),
-    _t("sb-exec-1", "bearish", "social", "When the CFO walks out mid-quarter you sell first and ask later {tag}", "exec"),
-    # bullish social
-    _t("su-break-1", "bullish", "social", "{tag} breaking out, loaded more calls this morning {bull_emoji}"),
-    _t("su-hold-1", "bullish", "social", "Been holding {tag} for years and this quarter shows why. Not selling"),
-    _t("su-guide-1", "bullish", "social", "{tag} guidance raise is huge, the street is way too low on this one"),
-    _t("su-dip-1", "bullish", "social", "Buying every dip in {tag}, the thesis hasn't changed {bull_emoji}"),
-    _t("su-cheap-1", "bullish", "social", "{tag} up {pct}% and still cheap versus peers imo"),
-    _t("su-volume-1", "bullish", "social", "Big volume on {tag} today, looks like funds are accumulating"),
-    _t("su-crush-1", "bullish", "social", "{name} just crushed it. {tag} to new highs {bull_emoji}"),
-    _t("su-call-1", "bullish", "social", "Who else is long {tag}? That earnings call was fantastic"),
-    _t("su-upgrade-1", "bullish", "social", "{tag} upgrade well deserved, margins keep getting better"),
-    _t("su-add-1", "bullish", "social", "Added to my {tag} position, easily my highest conviction name"),
-    # neutral social
-    _t("sn-pt-1", "neutral", "social", "What's everyone's price target on {tag} going into earnings?"),
-    _t("sn-play-1", "neutral", "social", "{tag} reports next week, anyone playing it?"),
-    _t("sn-watch-1", "neutral", "social", "Watching {tag} here, waiting for a cleaner setup before doing anything"),
-    _t("sn-when-1", "neutral", "social", "Anyone know when {name} reports? {tag}"),
-    _t("sn-flat-1", "neutral", "social", "{tag} flat all day, options pricing a {pct}% move"),
-    _t("sn-read-1", "neutral", "social", "Reading through the {name} annual report this weekend. Long one {tag}"),
-    _t("sn-hold-1", "neutral", "social", "Holding my {tag} shares, no changes for now"),
-)  # fmt: skip
+COMPANY_TEMPLATES: tuple[Template, ...] = _company_templates(
+    {
+        ("bearish", "news"): {
+            "recall": (
+                "{name} recalls {units} units over a safety defect",
+                "{name} widens recall after regulators flag {defect}",
+                "{name} halts shipments of its {product} pending safety review",
+            ),
+            "probe": (
+                "{name} shares slide on report of federal probe into its accounting",
+                "Regulators open investigation into {name} sales practices",
+                "{name} discloses SEC subpoena; stock falls {pct}%",
+            ),
+            "guidance": (
+                "{name} cuts full-year outlook, citing weaker demand",
+                "{name} misses {q} estimates with EPS of ${eps_miss} vs ${eps_est} expected",
+                "{name} slashes revenue forecast; shares tumble {pct}% after hours",
+                "{name} drags {sector} stocks lower after weak quarter",
+            ),
+            "downgrade": (
+                "{firm} downgrades {name} to underperform, cuts price target to ${pt_lo}",
+                "{name} cut to sell at {firm} on margin worries",
+            ),
+            "legal": (
+                "{name} hit with class action lawsuit over misleading disclosures",
+                "Short seller {short_firm} targets {name}, alleging inflated revenue",
+            ),
+            "layoffs": ("{name} to cut {n_jobs} jobs as restructuring deepens",),
+            "exec": ("{name} CFO resigns abruptly; shares fall {pct}%",),
+            "": ("{name} suspends dividend to preserve cash as losses mount",),
+            "breach": ("{name} reports data breach affecting millions of customers",),
+        },
+        ("bullish", "news"): {
+            "": (
+                "{name} beats {q} estimates as revenue climbs {pct}%",
+                "{name} tops forecasts with EPS of ${eps_beat} vs ${eps_est} expected",
+                "{name} raises full-year guidance on strong demand",
+                "{firm} upgrades {name} to buy, lifts price target to ${pt_hi}",
+                "{firm} initiates {name} at outperform, sees {big_pct}% upside",
+                "{name} announces ${bn}B share buyback",
+                "{name} boosts quarterly dividend by {pct}%",
+                "{name} wins multiyear contract worth ${bn}B",
+                "{name} shares jump {pct}% after record quarterly sales",
+                "{name} wins regulatory approval for its new {product}",
+                "{name} stock hits all-time high as margins expand",
+                "{name} leads {sector} gainers after upbeat forecast",
+            ),
+        },
+        ("neutral", "news"): {
+            "": (
+                "{name} to report {q} results on {weekday}",
+                "{name} names new chief operating officer",
+                "{name} to present at {conference} next week",
+                "{name} completes previously announced notes offering",
+                "{name} declares regular quarterly dividend of ${dividend} per share",
+                "{name} shares little changed ahead of investor day",
+                "{firm} reiterates hold rating on {name}, price target ${pt_mid}",
+                "{name} files annual report with the SEC",
+                "{name} appoints {person} to its board of directors",
+                "{name} sets date for annual shareholder meeting",
+            ),
+        },
+        ("bearish", "social"): {
+            "": (
+                "{tag} looks ugly, broke support and no bid in sight {bear_emoji}",
+                "Sold all my {tag} today. Management keeps overpromising and underdelivering",
+                "{tag} down {pct}% and I think it's just getting started {bear_emoji}",
+                "{tag} bagholders, how are we feeling today {bear_emoji}",
+                "{tag} is a falling knife, stay away until it finds a floor",
+            ),
+            "guidance": (
+                "That {name} guidance cut is a disaster, {tag} has a lot more downside",
+                "Terrible call from {name} management, dodged every question. Out of {tag}",
+            ),
+            "recall": ("A recall on top of weak margins? {tag} is uninvestable right now",),
+            "probe": ("If this probe turns out to be real, {tag} gets cut in half",),
+            "downgrade": ("Bought puts on {tag}. This downgrade won't be the last one",),
+            "layoffs": ("More layoffs at {name}. Demand must be worse than they admit {tag}",),
+            "legal": ("Lawyers circling {tag} already, this will drag on for years",),
+            "breach": ("{name} leaking customer data again?? {tag} deserves this selloff",),
+            "exec": ("When the CFO walks out mid-quarter you sell first and ask later {tag}",),
+        },
+        ("bullish", "social"): {
+            "": (
+                "{tag} breaking out, loaded more calls this morning {bull_emoji}",
+                "Been holding {tag} for years and this quarter shows why. Not selling",
+                "{tag} guidance raise is huge, the street is way too low on this one",
+                "Buying every dip in {tag}, the thesis hasn't changed {bull_emoji}",
+                "{tag} up {pct}% and still cheap versus peers imo",
+                "Big volume on {tag} today, looks like funds are accumulating",
+                "{name} just crushed it. {tag} to new highs {bull_emoji}",
+                "Who else is long {tag}? That earnings call was fantastic",
+                "{tag} upgrade well deserved, margins keep getting better",
+                "Added to my {tag} position, easily my highest conviction name",
+            ),
+        },
+        ("neutral", "social"): {
+            "": (
+                "What's everyone's price target on {tag} going into earnings?",
+                "{tag} reports next week, anyone playing it?",
+                "Watching {tag} here, waiting for a cleaner setup before doing anything",
+                "Anyone know when {name} reports? {tag}",
+                "{tag} flat all day, options pricing a {pct}% move",
+                "Reading through the {name} annual report this weekend. Long one {tag}",
+                "Holding my {tag} shares, no changes for now",
+            ),
+        },
+    }
+)
 
-MACRO_TEMPLATES: tuple[Template, ...] = (
-    _m("mb-yields-1", "bearish", "news", "Stocks slide as Treasury yields climb to {yield_pct}%"),
-    _m("mb-cpi-1", "bearish", "news", "Hotter-than-expected inflation reading rattles markets"),
-    _m("mb-conf-1", "bearish", "news", "Consumer confidence falls to lowest level in {months} months"),
-    _m("mb-jobs-1", "bearish", "news", "Payroll growth stalls, stoking recession worries"),
-    _m("mu-cpi-1", "bullish", "news", "Stocks rally as inflation cools more than expected"),
-    _m("mu-fed-1", "bullish", "news", "Fed signals rate cuts ahead; equities climb"),
-    _m("mu-jobs-1", "bullish", "news", "Hiring beats forecasts with {jobs}k jobs added last month"),
-    _m("mn-fed-1", "neutral", "news", "Fed holds rates steady, in line with expectations"),
-    _m("mn-wait-1", "neutral", "news", "Markets await {weekday} jobs report for direction"),
-    _m("mn-yields-1", "neutral", "news", "Treasury yields little changed at {yield_pct}%"),
-    _m("mb-social-1", "bearish", "social", "Tape feels heavy. Yields at {yield_pct}% and nobody cares until they do {bear_emoji}"),
-    _m("mu-social-1", "bullish", "social", "CPI came in cool, bulls are back {bull_emoji}"),
-    _m("mn-social-1", "neutral", "social", "Quiet session today, everyone waiting on the Fed"),
-)  # fmt: skip
+MACRO_TEMPLATES: tuple[Template, ...] = _macro_templates(
+    {
+        ("bearish", "news"): (
+            "Stocks slide as Treasury yields climb to {yield_pct}%",
+            "Hotter-than-expected inflation reading rattles markets",
+            "Consumer confidence falls to lowest level in {months} months",
+            "Payroll growth stalls, stoking recession worries",
+        ),
+        ("bullish", "news"): (
+            "Stocks rally as inflation cools more than expected",
+            "Fed signals rate cuts ahead; equities climb",
+            "Hiring beats forecasts with {jobs}k jobs added last month",
+        ),
+        ("neutral", "news"): (
+            "Fed holds rates steady, in line with expectations",
+            "Markets await {weekday} jobs report for direction",
+            "Treasury yields little changed at {yield_pct}%",
+        ),
+        ("bearish", "social"): (
+            "Tape feels heavy. Yields at {yield_pct}% and nobody cares until they do {bear_emoji}",
+        ),
+        ("bullish", "social"): ("CPI came in cool, bulls are back {bull_emoji}",),
+        ("neutral", "social"): ("Quiet session today, everyone waiting on the Fed",),
+    }
+)
 
 ALL_TEMPLATES: tuple[Template, ...] = COMPANY_TEMPLATES + MACRO_TEMPLATES
 
@@ -363,7 +427,9 @@ class _Slots(dict[str, str]):
         if key == "bn":
             return f"{rng.uniform(0.5, 15):.1f}"
         if key == "q":
-            return rng.choice(("first-quarter", "second-quarter", "third-quarter", "fourth-quarter"))
+            return rng.choice(
+                ("first-quarter", "second-quarter", "third-quarter", "fourth-quarter")
+            )
         if key == "units":
             return f"{rng.randint(2, 480) * 1000:,}"
         if key == "n_jobs":
@@ -541,6 +607,8 @@ class MarketSimulator:
         slots = _Slots(rng, company)
         headline = template.text.format_map(slots)
         headline = " ".join(headline.split())
+        if template.style == "news" and template.text.startswith("{firm}"):
+            headline = headline[0].upper() + headline[1:]  # "a major broker" opens a headline
         sources = _NEWS_SOURCES if template.style == "news" else _SOCIAL_SOURCES
         source = rng.choice(sources)
         item_id = f"sim-{self.seed}-{n:09d}"

@@ -82,7 +82,9 @@ def test_enough_varied_templates() -> None:
     assert len(ALL_TEMPLATES) >= 60
     assert len({t.id for t in ALL_TEMPLATES}) == len(ALL_TEMPLATES)
     kinds = Counter((t.sentiment, t.style) for t in COMPANY_TEMPLATES)
-    assert all(kinds[(s, st)] >= 6 for s in ("bearish", "neutral", "bullish") for st in ("news", "social"))
+    assert all(
+        kinds[(s, st)] >= 6 for s in ("bearish", "neutral", "bullish") for st in ("news", "social")
+    )
 
 
 def test_same_seed_same_stream(companies: list[Company], items: list[dict[str, Any]]) -> None:

@@ -1,1 +1,1 @@
-
+"""Training, evaluation, export and distillation of the topic and sentiment classifiers."""

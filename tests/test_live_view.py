@@ -1,0 +1,202 @@
+"""The live view: snapshot numbers from a real Elasticsearch index, and their rendering."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+from rich.console import Console
+
+from finsentry.es_client import make_es_client
+from finsentry.index.template import apply_dead_letters_template, apply_items_template
+from finsentry.messages import DeadLetter, ScoredItem
+from finsentry.settings import Settings
+from finsentry.streams.live_view import (
+    LiveSnapshot,
+    build_snapshot,
+    fetch_snapshot,
+    render,
+    run_live_view,
+)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+# (seconds ago, tickers, sentiment, model version, text)
+DOCS: list[tuple[int, list[str], str, str, str]] = [
+    (2, ["AAA"], "bearish", "sent-v2", "AAA recalls widgets over a wiring fault"),
+    (3, ["AAA"], "bearish", "sent-v2", "AAA hit with a probe into its books"),
+    (4, ["BBB"], "bullish", "sent-v2", "BBB beats estimates"),
+    (30, ["AAA"], "bearish", "sent-v2", "AAA downgraded to sell"),
+    (31, ["AAA"], "neutral", "sent-v2", "AAA sets meeting date"),
+    (32, ["BBB"], "bullish", "sent-v2", "BBB raises guidance"),
+    (33, ["CCC"], "bearish", "sent-v2", "CCC misses estimates"),
+    (240, ["AAA", "BBB"], "bearish", "sent-v2", "AAA and BBB both slide"),
+    (241, ["BBB"], "neutral", "sent-v2", "BBB files annual report"),
+    (600, ["BBB"], "bearish", "sent-v2", "BBB cuts outlook"),
+    (7200, ["AAA"], "bullish", "sent-v1", "AAA old news"),
+    (7201, [], "bearish", "sent-v1", "Stocks slide as yields climb"),
+]
+
+
+def _doc(i: int, ago: int, tickers: list[str], sentiment: str, model: str, text: str) -> dict:
+    scored = NOW - timedelta(seconds=ago)
+    probs = {"bearish": 0.1, "neutral": 0.1, "bullish": 0.1} | {sentiment: 0.8}
+    item = ScoredItem(
+        id=f"doc-{i}",
+        source="test",
+        text=text,
+        tickers=tickers,
+        topic="Company | Product News",
+        topic_confidence=0.9,
+        sentiment=sentiment,  # type: ignore[arg-type]
+        sentiment_confidence=0.8,
+        sentiment_probs=probs,
+        sentiment_score=probs["bullish"] - probs["bearish"],
+        model_version=model,
+        ingested_at=scored - timedelta(milliseconds=50),
+        scored_at=scored,
+        latency_ms=50.0,
+    )
+    return item.model_dump(mode="json")
+
+
+@pytest.fixture(scope="module")
+def es() -> Iterator[Elasticsearch]:
+    client = make_es_client(Settings())
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.cluster.health(wait_for_status="yellow", timeout="5s")["status"] != "red":
+                break
+        except Exception:
+            if time.monotonic() > deadline:
+                pytest.fail("no Elasticsearch at localhost:9200: run `finsentry services up`")
+            time.sleep(1)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def indices(es: Elasticsearch) -> Iterator[tuple[str, str]]:
+    suffix = uuid.uuid4().hex[:12]
+    items, dead = f"test-live-items-{suffix}", f"test-live-dead-{suffix}"
+    apply_items_template(es, items)
+    operations: list[dict[str, Any]] = []
+    for i, row in enumerate(DOCS):
+        operations += [{"index": {"_index": items, "_id": f"doc-{i}"}}, _doc(i, *row)]
+    response = es.bulk(operations=operations, refresh=True)
+    assert not response["errors"], response
+    yield items, dead
+    es.indices.delete(index=[items, dead], ignore_unavailable=True)
+    for name in (items, dead):
+        if es.indices.exists_index_template(name=name):
+            es.indices.delete_index_template(name=name)
+
+
+@pytest.mark.integration
+def test_snapshot_numbers(es: Elasticsearch, indices: tuple[str, str]) -> None:
+    items, dead = indices
+    snapshot = fetch_snapshot(es, items, dead, now=NOW, min_volume=3)
+
+    assert snapshot.total == 12
+    assert (snapshot.count_10s, snapshot.count_1m) == (3, 7)
+    assert snapshot.rate_10s == pytest.approx(0.3)
+    assert snapshot.mix == {"bearish": 5, "neutral": 2, "bullish": 2}
+    assert snapshot.mix_percent("bearish") == pytest.approx(500 / 9)
+    # 15 min: AAA 4 of 5 bearish, BBB 2 of 5; CCC (1 item) is under the minimum volume.
+    assert [(t.ticker, t.total, t.negative) for t in snapshot.top_negative] == [
+        ("AAA", 5, 4),
+        ("BBB", 5, 2),
+    ]
+    assert [n.text for n in snapshot.newest_negative][:3] == [
+        "AAA recalls widgets over a wiring fault",
+        "AAA hit with a probe into its books",
+        "AAA downgraded to sell",
+    ]
+    assert len(snapshot.newest_negative) == 7
+    assert snapshot.model_versions == ["sent-v2", "sent-v1"]
+    assert snapshot.dead_letters is None
+    assert snapshot.error is None
+
+    console = Console(record=True, width=140, file=io.StringIO())
+    console.print(render(snapshot))
+    text = console.export_text()
+    for expected in (
+        "0.3 items/s (3)",
+        "0.1 items/s (7)",
+        "55.6%",
+        "22.2%",
+        "AAA recalls widgets over a wiring fault",
+        "80%",
+        "40%",
+        "sent-v2, sent-v1",
+        "dead letters: -",
+        f"{NOW:%H:%M:%S}",
+    ):
+        assert expected in text, expected
+    assert "CCC misses" in text  # a newest bearish item, though not a top ticker
+
+
+@pytest.mark.integration
+def test_dead_letters_and_missing_items_index(es: Elasticsearch, indices: tuple[str, str]) -> None:
+    items, dead = indices
+    apply_dead_letters_template(es, dead)
+    for offset in range(2):
+        letter = DeadLetter.from_raw(
+            b"{not json", reason="bad", error="invalid_json", source_topic="t", partition=0,
+            offset=offset,
+        )  # fmt: skip
+        es.index(index=dead, id=str(offset), document=letter.model_dump(mode="json"))
+    es.indices.refresh(index=dead)
+    assert fetch_snapshot(es, items, dead, now=NOW).dead_letters == 2
+
+    missing = fetch_snapshot(es, f"{items}-missing", dead, now=NOW)
+    assert missing.total == 0 and missing.dead_letters == 2
+    assert missing.error is not None and "does not exist" in missing.error
+
+
+@pytest.mark.integration
+def test_run_live_view_stops_on_event(es: Elasticsearch, indices: tuple[str, str]) -> None:
+    items, dead = indices
+    settings = Settings(items_index=items, dead_letters_index=dead)
+    console = Console(record=True, width=140, file=io.StringIO())
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_live_view, args=(settings, stop), kwargs={"refresh_s": 0.2, "console": console}
+    )
+    thread.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    text = console.export_text()
+    assert "finsentry live" in text and "sent-v2" in text and "AAA" in text
+
+
+def test_empty_responses_render_zeros() -> None:
+    snapshot = build_snapshot({}, {}, None, taken_at=NOW, error="Elasticsearch: down")
+    assert snapshot == LiveSnapshot(taken_at=NOW, error="Elasticsearch: down")
+    assert (snapshot.rate_1m, snapshot.mix_percent("bullish")) == (0.0, 0.0)
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(render(snapshot))
+    text = console.export_text()
+    assert "Elasticsearch: down" in text and "0.0 items/s" in text
+
+
+def test_long_texts_are_truncated() -> None:
+    negatives = {
+        "hits": {
+            "hits": [{"_source": {"text": "word " * 100, "tickers": ["X"], "scored_at": None}}]
+        }
+    }
+    snapshot = build_snapshot({}, negatives, 3, taken_at=NOW, text_chars=40)
+    assert len(snapshot.newest_negative[0].text) == 40
+    assert snapshot.newest_negative[0].text.endswith("…")
+    assert snapshot.dead_letters == 3

@@ -1,0 +1,144 @@
+"""Knowledge distillation: a teacher (one artifact, or an ensemble averaged) labels the
+training texts with probabilities, and a smaller student learns from them and the gold labels.
+
+Each text gets soft labels for every task the teacher knows, so a sentiment tweet also
+teaches the topic head and vice versa (the gold labels cover one task per tweet)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finsentry.models.artifact import ArtifactError, read_manifest
+from finsentry.training.config import TrainConfig
+from finsentry.training.data import TaskData
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the teacher's distribution at temperature T."""
+    logits = np.log(np.clip(probs, 1e-8, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def teacher_probs(
+    teachers: Sequence[Path],
+    texts: Sequence[str],
+    student_labels: Mapping[str, list[str]],
+    *,
+    batch_size: int = 128,
+) -> dict[str, np.ndarray]:
+    """Mean probabilities of the teachers per task, columns in the student's label order."""
+    from finsentry.models.runtime import ArtifactScorer
+
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for path in teachers:
+        scorer = ArtifactScorer(path, device="auto", batch_size=batch_size)
+        probs = scorer.predict_proba(list(texts))
+        for task, labels in student_labels.items():
+            if task not in probs:
+                continue
+            theirs = scorer.labels[task]
+            if sorted(theirs) != sorted(labels):
+                raise ArtifactError(
+                    f"teacher {path} has {task} labels {theirs}, the student {labels}"
+                )
+            reordered = probs[task][:, [theirs.index(name) for name in labels]]
+            sums[task] = sums.get(task, 0) + reordered
+            counts[task] = counts.get(task, 0) + 1
+    if not sums:
+        raise ArtifactError("no teacher knows any of the student's tasks")
+    return {task: sums[task] / counts[task] for task in sums}
+
+
+def _throughput(path: Path, texts: Sequence[str]) -> float:
+    from finsentry.models.runtime import ArtifactScorer
+
+    scorer = ArtifactScorer(path, device="cpu", batch_size=64)
+    scorer.predict_proba(list(texts[:64]))
+    started = time.perf_counter()
+    scorer.predict_proba(list(texts))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def _test_scores(path: Path, data: Mapping[str, TaskData]) -> dict[str, dict[str, float]]:
+    from finsentry.models.runtime import ArtifactScorer
+    from finsentry.training.loop import classification_scores
+
+    scorer = ArtifactScorer(path, device="cpu")
+    out: dict[str, dict[str, float]] = {}
+    for task, d in data.items():
+        if task in scorer.labels:
+            probs = scorer.predict_proba(d.test["text"].tolist())[task]
+            order = [scorer.labels[task].index(name) for name in d.labels]
+            out[task] = classification_scores(d.test["label"].to_numpy(), probs[:, order].argmax(1))
+    return out
+
+
+def run_distillation(
+    teachers: Sequence[Path], config: TrainConfig, *, compare: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Train a student on teacher soft labels (+ gold labels); with `compare`, also train the
+    same student on gold labels only, and report teacher vs both students on the test split."""
+    from finsentry.training.train import load_all, run_training
+
+    for path in teachers:
+        read_manifest(path)
+    data = load_all(config)
+    raw = load_all(config, preprocess=False)
+    student_labels = {t: data[t].labels for t in config.tasks()}
+    train_raw = [t for task in config.tasks() for t in raw[task].train["text"].tolist()]
+
+    def teacher(_texts: list[str]) -> dict[str, np.ndarray]:
+        probs = teacher_probs(teachers, train_raw, student_labels)
+        return {t: soften(p, config.distill_temperature) for t, p in probs.items()}
+
+    leak = [
+        str(p)
+        for p in teachers
+        if read_manifest(p).data != {t: d.fingerprint for t, d in data.items()}
+    ]
+    notes = (
+        f"Distilled from {len(teachers)} teacher(s): {', '.join(str(p) for p in teachers)}; "
+        f"alpha={config.distill_alpha}, T={config.distill_temperature}, "
+        f"student layers={config.student_layers}."
+    )
+    if leak:
+        notes += (
+            f" Teachers {leak} were trained on other data or splits: their test scores "
+            "below may include texts they saw in training."
+        )
+    student = run_training(
+        config, teacher=teacher, model_name="distilled student", notes=notes, data=data
+    )
+    summary: dict[str, Any] = {"teachers": [str(p) for p in teachers], "student": str(student)}
+    test_texts = [t for d in raw.values() for t in d.test["text"].tolist()]
+    rows = {"distilled student": student}
+    if compare:
+        plain = config.model_copy(update={"distill_alpha": 0.0, "baselines": False})
+        rows["student, gold labels only"] = run_training(
+            plain, model_name="student without teacher", data=data
+        )
+    for i, path in enumerate(teachers):
+        rows[f"teacher {i + 1}" if len(teachers) > 1 else "teacher"] = path
+    summary["rows"] = {
+        name: {
+            "path": str(path),
+            "test": _test_scores(path, raw),
+            "texts_per_second_cpu": _throughput(path, test_texts[:1024]),
+            "encoder_layers": json.loads((path / next(iter(read_manifest(path).tasks)) / "config.json").read_text())[
+                "num_hidden_layers"
+            ],
+            "weights_bytes": sum(f.stat().st_size for f in path.rglob("model.safetensors")),
+        }
+        for name, path in rows.items()
+    }
+    (student / "distillation.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return student, summary
