@@ -21,7 +21,7 @@ from typing import Any
 
 import faust
 import httpx
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from faust.types.auth import CredentialsT
 from pydantic import ValidationError
 
@@ -87,6 +87,7 @@ class Alerter:
     es: AsyncElasticsearch
     http: httpx.AsyncClient
     due: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    index_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def publish(self, alert: Alert, alerts_topic: faust.TopicT) -> None:
         """Emit to the alerts topic, store in the outbox, and deliver right away."""
@@ -95,12 +96,31 @@ class Alerter:
         )
         ALERTS.labels(rule=alert.rule).inc()
         log.info("alert %s: %s %s:%s", alert.id, alert.rule, alert.key_type, alert.key)
-        if await self.outbox.put(alert):
+        await self.index_ready.wait()
+        delay = self.rules.delivery.initial_backoff_s
+        while True:
+            try:
+                stored = await self.outbox.put(alert)
+                break
+            except (ApiError, TransportError):
+                log.exception("cannot store alert %s; retrying in %.1fs", alert.id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.rules.delivery.max_backoff_s)
+        if stored:
             self.due.put_nowait(alert.id)
 
     async def deliver_forever(self) -> None:
-        """Deliver new alerts as they come; sweep for due retries every sweep interval."""
+        """Install the alerts index template, then deliver new alerts as they come and sweep
+        for due retries every sweep interval."""
         interval = self.rules.delivery.sweep_interval_s
+        while True:
+            try:
+                await apply_alerts_template_async(self.es, self.settings.alerts_index)
+                self.index_ready.set()
+                break
+            except Exception:
+                log.exception("cannot prepare the alerts index; retrying in %.1fs", interval)
+                await asyncio.sleep(interval)
         last_sweep = 0.0
         while True:
             try:
@@ -147,6 +167,7 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
     negatives = app.Table("negatives", default=int).tumbling(rules.bucket_s, expires=expires)
     samples = app.Table("samples", default=list)
     last_alert = app.Table("last-alert", default=None)
+    first_seen = app.Table("first-seen", default=None)
     window = totals.table.window
     assert window is not None
 
@@ -176,12 +197,15 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
         async for value in stream:
             entry = KeyedItem.model_validate_json(value)
             key = entry.table_key
+            seen = first_seen.get(key)
+            if seen is None or entry.ts < seen:
+                first_seen[key] = seen = entry.ts
             totals.relative_to(entry.ts)[key] += 1
             if entry.negative:
                 negatives.relative_to(entry.ts)[key] += 1
                 samples[key] = add_sample(samples[key], entry.sample, rules.sample_size)
             stats = window_stats(
-                entry.key_type, entry.key, entry.ts, counts_for(key, entry.ts), rules
+                entry.key_type, entry.key, entry.ts, counts_for(key, entry.ts), rules, seen
             )
             alert = decide(
                 rules,
@@ -196,7 +220,6 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
 
     @app.task
     async def deliver() -> None:
-        await apply_alerts_template_async(es, settings.alerts_index)
         await alerter.deliver_forever()
 
     @app.on_before_shutdown.connect

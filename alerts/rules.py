@@ -40,7 +40,9 @@ class NegativeShareRule(BaseModel):
 
 class NegativeSpikeRule(BaseModel):
     """Trips when the window's bearish count is at least `min_negative` and at least `factor`
-    times its baseline (mean bearish count per window before it)."""
+    times its baseline (mean bearish count per window before it). Not evaluated until the
+    key has been counted for the whole baseline period (no spikes out of an empty history
+    when the alerter starts)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -193,6 +195,9 @@ class WindowStats(BaseModel):
     total: int
     negative: int
     baseline: float = Field(description="Mean negative count per window over the baseline.")
+    baseline_complete: bool = Field(
+        True, description="The key was seen before the baseline period began."
+    )
 
     @property
     def negative_share(self) -> float:
@@ -200,14 +205,21 @@ class WindowStats(BaseModel):
 
 
 def window_stats(
-    key_type: KeyType, key: str, ts: float, counts: Mapping[int, Counts], rules: AlertRules
+    key_type: KeyType,
+    key: str,
+    ts: float,
+    counts: Mapping[int, Counts],
+    rules: AlertRules,
+    first_seen: float | None = None,
 ) -> WindowStats:
-    """Sum the bucket counts (bucket start -> Counts; missing buckets count zero)."""
+    """Sum the bucket counts (bucket start -> Counts; missing buckets count zero).
+    `first_seen` is when the key was first counted; None means long ago."""
     current = window_buckets(ts, rules)
+    past_buckets = baseline_buckets(ts, rules)
     zero = Counts(0, 0)
     total = sum(counts.get(b, zero).total for b in current)
     negative = sum(counts.get(b, zero).negative for b in current)
-    past = sum(counts.get(b, zero).negative for b in baseline_buckets(ts, rules))
+    past = sum(counts.get(b, zero).negative for b in past_buckets)
     return WindowStats(
         key_type=key_type,
         key=key,
@@ -216,6 +228,7 @@ def window_stats(
         total=total,
         negative=negative,
         baseline=past / rules.baseline_windows,
+        baseline_complete=first_seen is None or first_seen <= past_buckets[0],
     )
 
 
@@ -233,6 +246,8 @@ def evaluate(rule: NegativeShareRule | NegativeSpikeRule, stats: WindowStats) ->
     if isinstance(rule, NegativeShareRule):
         if stats.total >= rule.min_volume and stats.negative_share >= rule.threshold:
             return Trip(rule.name, rule.threshold, None)
+        return None
+    if not stats.baseline_complete:
         return None
     limit = max(float(rule.min_negative), rule.factor * stats.baseline)
     if stats.negative >= limit:

@@ -298,9 +298,19 @@ MACRO_TEMPLATES: tuple[Template, ...] = _macro_templates(
         ),
         ("bearish", "social"): (
             "Tape feels heavy. Yields at {yield_pct}% and nobody cares until they do {bear_emoji}",
+            "Recession talk everywhere today. Cutting risk until the picture clears",
+            "Breadth is awful, a handful of megacaps holding up the whole index {bear_emoji}",
         ),
-        ("bullish", "social"): ("CPI came in cool, bulls are back {bull_emoji}",),
-        ("neutral", "social"): ("Quiet session today, everyone waiting on the Fed",),
+        ("bullish", "social"): (
+            "CPI came in cool, bulls are back {bull_emoji}",
+            "Soft landing looks more likely every week. Staying long {bull_emoji}",
+            "Small caps finally joining the rally, this is what a healthy market looks like",
+        ),
+        ("neutral", "social"): (
+            "Quiet session today, everyone waiting on the Fed",
+            "Busy data week ahead: inflation on {weekday}, retail sales later in the week",
+            "Anyone else sitting in cash until the jobs number?",
+        ),
     }
 )
 

@@ -51,7 +51,10 @@ def simulate(
     """Send an endless, realistic market stream (with negative bursts) to the raw topic."""
     from finsentry.feeds.simulator import simulate_to_kafka
 
-    simulate_to_kafka(_settings(ctx), rate=rate, limit=limit, seed=seed)
+    stats = simulate_to_kafka(_settings(ctx), rate=rate, limit=limit, seed=seed)
+    typer.echo(f"sent {stats.sent} items ({stats.failed} failed)")
+    if stats.failed:
+        raise typer.Exit(1)
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -70,7 +73,7 @@ def _feed(settings: Settings, replay_file: Path | None, rate: float, stop: threa
     else:
         from finsentry.feeds.simulator import simulate_to_kafka
 
-        simulate_to_kafka(settings, rate=rate, limit=None, seed=7, progress=False, stop=stop)
+        simulate_to_kafka(settings, rate=rate, seed=7, progress=False, stop_event=stop)
 
 
 def run(

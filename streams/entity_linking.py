@@ -45,9 +45,9 @@ _FINANCE_CONTEXT = {
 # Single-word names that are everyday words in tweets and headlines.
 _COMMON_WORDS = {
     "apple", "target", "visa", "snap", "block", "gap", "ball", "match", "crown", "best",
-    "general", "ford", "amazon", "oracle", "chase", "progressive", "southern", "equity",
+    "general", "ford", "oracle", "chase", "progressive", "southern", "equity",
     "global", "united", "american", "national", "first", "digital", "energy", "fox",
-    "news", "square", "shell", "total", "intel", "delta", "alpha", "meta", "live", "open",
+    "news", "square", "shell", "total", "delta", "alpha", "live", "open",
     "bank", "data", "cloud", "coin", "gold", "silver", "booking", "discovery", "genuine",
     "public", "realty", "regency", "service", "state", "street", "union", "waters",
     "zoom", "lumen", "carrier", "catalyst", "edison", "eagle", "evergy", "everest",
@@ -104,8 +104,8 @@ class CompanyIndex:
 
 
 def _too_short(token: str) -> bool:
-    """'3M' and 'GE' are names; 'on' or 'A' are not worth matching."""
-    return len(token) < 2 or (len(token) == 2 and token.islower())
+    """'3M' and 'GE' are names; 'on', 'A' or a number ('111, Inc.') are not worth matching."""
+    return len(token) < 2 or (len(token) == 2 and token.islower()) or token.isdigit()
 
 
 def _symbol_and_name(row: dict[str, str]) -> tuple[str, str] | None:
@@ -154,7 +154,8 @@ def find_tickers(text: str, companies: CompanyIndex) -> list[str]:
     for match in EXCHANGE_TAG.finditer(text):
         add(match.group(1))
 
-    words = WORD.findall(text)
+    # Names are looked for in the text without its cashtags and exchange tags.
+    words = WORD.findall(EXCHANGE_TAG.sub(" ", CASHTAG.sub(" ", text)))
     finance_context: bool | None = None
     i = 0
     while i < len(words):

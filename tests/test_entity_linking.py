@@ -54,6 +54,8 @@ def companies(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
         ("Root Inc shares fall", ["ROOT"]),
         ("Root shares fall after earnings", ["ROOT"]),
         ("Tesla, $TSLA, Tesla again", ["TSLA"]),
+        ("$ROOT gains", ["ROOT"]),
+        ("It costs $111 now", []),
     ],
 )
 def test_find_tickers(companies, text: str, tickers: list[str]) -> None:  # type: ignore[no-untyped-def]

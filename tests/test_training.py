@@ -1,0 +1,242 @@
+"""Training, evaluation, export and distillation, on ~200 examples with a tiny encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from finsentry.cli import app
+from finsentry.models.artifact import read_manifest
+from finsentry.models.runtime import ArtifactScorer
+from finsentry.models.scorer import load_scorer
+from finsentry.settings import Settings
+from finsentry.training.config import TrainConfig, default_data
+from finsentry.training.data import DataError, stratified_split
+from finsentry.training.train import run_training
+from tests.support.tiny_artifact import build_tiny_artifact, build_tiny_base
+
+DATA = Settings().data_dir
+runner = CliRunner()
+
+
+def tiny_config(base: Path, out: Path, task: str = "multitask", **overrides: object) -> TrainConfig:
+    options: dict[str, object] = {
+        "task": task,
+        "data": default_data(DATA, task),  # type: ignore[arg-type]
+        "base_model": str(base),
+        "output_dir": out,
+        "max_train_samples": 200,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "eval_every": 5,
+        "head_only_epochs": 3,
+        "progress": False,
+        **overrides,
+    }
+    return TrainConfig.model_validate(options)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def multitask_artifact(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_training(tiny_config(tiny_base, tmp_path_factory.mktemp("models")))
+
+
+def test_cli_training_run_yields_a_loadable_artifact_with_its_report(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        ["train", "--task", "sentiment", "--base", str(tiny_base), "--output", str(tmp_path),
+         "--max-samples", "200", "--epochs", "1", "--eval-every", "4", "--no-progress",
+         "--class-weights"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "sentiment test: accuracy" in result.output
+    (path,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    manifest = read_manifest(path)
+    assert list(manifest.tasks) == ["sentiment"] and len(manifest.version) == 12
+    assert manifest.tasks["sentiment"].labels == ["bearish", "bullish", "neutral"]
+    config = json.loads((path / "sentiment" / "config.json").read_text())
+    assert config["id2label"] == {"0": "bearish", "1": "bullish", "2": "neutral"}
+    metrics = json.loads((path / "metrics.json").read_text())
+    test = metrics["tasks"]["sentiment"]["test"]
+    assert set(test["per_class"]) == {"bearish", "bullish", "neutral"}
+    assert np.asarray(test["confusion"]).sum() == test["n"] > 0
+    assert set(metrics["tasks"]["sentiment"]["baselines"]) == {
+        "TF-IDF + logistic regression",
+        "pretrained encoder, head only",
+    }
+    card = (path / "README.md").read_text()
+    for needle in ("macro-F1", "confusion_sentiment.png", "learning_curves.png", "Hyperparameters"):
+        assert needle in card
+    for png in ("confusion_sentiment.png", "learning_curves.png"):
+        assert (path / png).read_bytes()[:4] == b"\x89PNG"
+    scorer = ArtifactScorer(path, device="cpu")
+    probs = scorer.predict_proba(["$TSLA falls 5% on delivery miss"])["sentiment"]
+    assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_multitask_training_serves_both_label_sets(multitask_artifact: Path) -> None:
+    manifest = read_manifest(multitask_artifact)
+    assert manifest.shared_encoder and set(manifest.tasks) == {"sentiment", "topic"}
+    assert len(manifest.tasks["topic"].labels) == 20
+    metrics = json.loads((multitask_artifact / "metrics.json").read_text())
+    assert set(metrics["history"][0]["val"]) == {"sentiment", "topic"}
+    scorer = load_scorer(Settings(models_dir=multitask_artifact.parent, device="cpu"))
+    assert scorer.version == manifest.version
+    (item,) = scorer.score(["Fed raises rates by 25bp https://t.co/abc &amp; signals more"])
+    assert item.topic.label in manifest.tasks["topic"].labels
+
+
+def test_versions_hash_weights_data_and_parameters(tiny_base: Path, tmp_path: Path) -> None:
+    first = run_training(tiny_config(tiny_base, tmp_path, "sentiment", epochs=0.2, baselines=False))
+    again = run_training(tiny_config(tiny_base, tmp_path, "sentiment", epochs=0.2, baselines=False))
+    other = run_training(
+        tiny_config(tiny_base, tmp_path, "sentiment", epochs=0.2, baselines=False, seed=7)
+    )
+    assert read_manifest(first).version == read_manifest(again).version
+    assert read_manifest(first).version != read_manifest(other).version
+
+
+def test_evaluate_with_a_remapped_label_file(multitask_artifact: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(DATA / "tfns_sentiment" / "train.csv").head(60)
+    names = {0: "negative", 1: "positive", 2: "neutral"}
+    frame["sentiment"] = [f"L{v}" for v in frame["label"]]
+    frame = frame.rename(columns={"text": "body"}).drop(columns=["label"])
+    file = tmp_path / "remapped.jsonl"
+    frame.to_json(file, orient="records", lines=True)
+    mapping = json.dumps({f"L{k}": v for k, v in names.items()})
+    result = runner.invoke(
+        app,
+        ["evaluate", "--model", str(multitask_artifact), "--data", str(file),
+         "--text-col", "body", "--label-col", "sentiment", "--label-map", mapping, "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["task"] == "sentiment" and report["n"] == 60
+    assert sum(v["support"] for v in report["per_class"].values()) == 60
+    assert 0.0 <= report["accuracy"] <= 1.0
+
+    bad = runner.invoke(
+        app,
+        ["evaluate", "--model", str(multitask_artifact), "--data", str(file),
+         "--text-col", "body", "--label-col", "sentiment", "--task", "sentiment"],
+    )
+    assert bad.exit_code == 2 and "--label-map" in bad.output
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_export_parity(multitask_artifact: Path, tmp_path: Path, quantize: str) -> None:
+    from finsentry.training.export import export_onnx
+
+    texts = pd.read_csv(DATA / "tfn_topic" / "train.csv")["text"].head(100).tolist()
+    path, report = export_onnx(multitask_artifact, output=tmp_path, quantize=quantize, texts=texts)
+    manifest = read_manifest(path)
+    assert manifest.runtime == "onnx" and manifest.parent_version
+    for task in ("sentiment", "topic"):
+        parity = report["tasks"][task]
+        if quantize == "none":
+            assert parity["label_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4
+        else:
+            assert parity["label_agreement"] >= 0.9 and parity["max_prob_diff"] < 0.1
+    assert report["onnx_bytes"] < report["torch_bytes"] / (3 if quantize == "int8" else 1)
+    scorer = load_scorer(Settings(models_dir=tmp_path, model_path=path))
+    assert scorer.version == manifest.version and len(scorer.score(texts[:3])) == 3
+
+
+def test_corrupt_or_mislabelled_input_gives_a_clear_error(tiny_base: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"this is not parquet at all")
+    mislabelled = tmp_path / "mislabelled.csv"
+    frame = pd.read_csv(DATA / "tfns_sentiment" / "train.csv").head(50)
+    frame.loc[3, "label"] = 7
+    frame.to_csv(mislabelled, index=False)
+    (tmp_path / "label_map.json").write_text('{"0": "Bearish", "1": "Bullish", "2": "Neutral"}')
+    no_column = tmp_path / "nocol.csv"
+    frame.rename(columns={"text": "tweet"}).to_csv(no_column, index=False)
+    cases = {
+        corrupt: "cannot read it as .parquet",
+        mislabelled: "labels ['7'] are not in the label map",
+        no_column: "no column 'text'",
+    }
+    for file, message in cases.items():
+        result = runner.invoke(
+            app,
+            ["train", "--task", "sentiment", "--data", str(file), "--base", str(tiny_base),
+             "--output", str(tmp_path / "out"), "--no-progress"],
+        )
+        assert result.exit_code == 2, result.output
+        assert message in result.output and str(file) in result.output.replace("\n", "")
+    with pytest.raises(DataError, match="unknown sentiment label"):
+        run_training(
+            tiny_config(
+                tiny_base, tmp_path, "sentiment",
+                data={"sentiment": {"source": str(mislabelled), "label_map": {"0": "meh"}}},
+            )
+        )
+
+
+def test_freezing_and_lora(tiny_base: Path, tmp_path: Path) -> None:
+    from finsentry.training.loop import apply_freezing, apply_lora, build_models, merge_lora
+
+    labels = {"sentiment": ["bearish", "bullish", "neutral"]}
+    config = tiny_config(tiny_base, tmp_path, "sentiment", freeze="head")
+    module, _ = build_models(config, labels)
+    apply_freezing(module, config)
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(".classifier." in n for n in trainable)
+    apply_freezing(module, config.model_copy(update={"freeze": "top_k", "top_k": 1}))
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert any("layer.1." in n for n in trainable) and not any("layer.0." in n for n in trainable)
+
+    lora_config = tiny_config(tiny_base, tmp_path, "sentiment", lora=True, baselines=False)
+    module, _ = build_models(lora_config, labels)
+    apply_lora(module, lora_config)
+    assert any("lora_" in n for n, p in module.named_parameters() if p.requires_grad)
+    merge_lora(module)
+    assert not any("lora_" in n for n, _ in module.named_parameters())
+    path = run_training(lora_config)
+    assert ArtifactScorer(path, device="cpu").predict_proba(["x"])["sentiment"].shape == (1, 3)
+
+
+def test_distillation_trains_a_smaller_student(multitask_artifact: Path, tiny_base: Path,
+                                               tmp_path: Path) -> None:
+    from finsentry.training.distill import run_distillation
+
+    config = tiny_config(
+        tiny_base, tmp_path, baselines=False, student_layers=1, distill_alpha=0.5, epochs=1
+    )
+    student, summary = run_distillation([multitask_artifact], config, compare=False)
+    assert read_manifest(student).servable()
+    assert summary["rows"]["distilled student"]["encoder_layers"] == 1
+    assert summary["rows"]["teacher"]["encoder_layers"] == 2
+    assert (student / "distillation.json").is_file()
+
+
+def test_stratified_split_is_seeded_disjoint_and_stratified() -> None:
+    labels = np.repeat([0, 1, 2], [100, 30, 3])
+    train, val, test = stratified_split(labels, (0.1, 0.1), seed=3)
+    again = stratified_split(labels, (0.1, 0.1), seed=3)
+    assert all((a == b).all() for a, b in zip((train, val, test), again, strict=True))
+    assert len(set(train) | set(val) | set(test)) == len(labels)
+    assert not set(train) & set(val) and not set(val) & set(test)
+    assert np.bincount(labels[val]).tolist() == [10, 3]
+    assert (labels[train] == 2).sum() >= 1
+
+
+def test_ensure_default_artifact_reuses_an_existing_one(tmp_path: Path) -> None:
+    from finsentry.training.defaults import ensure_default_artifact
+
+    path = build_tiny_artifact(tmp_path)
+    assert ensure_default_artifact(Settings(models_dir=tmp_path), progress=False) == path
