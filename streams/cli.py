@@ -87,7 +87,7 @@ def run(
 ) -> None:
     """The main job: local services, a model (trained first if there is none), the worker,
     the alerter, a feed, and a live terminal view. Ctrl-C stops everything."""
-    from finsentry.models.artifact import ensure_default_artifact
+    from finsentry.training.defaults import ensure_default_artifact
     from finsentry.streams.live_view import run_live_view
 
     settings = _settings(ctx)

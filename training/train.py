@@ -24,6 +24,7 @@ from finsentry.training.loop import (
     fit,
     merge_lora,
     predict_probs,
+    set_seed,
 )
 from finsentry.training.report import model_card, plot_confusion, plot_learning_curves, task_report
 
@@ -71,6 +72,7 @@ def run_training(
     data = dict(data) if data is not None else load_all(config)
     tasks = config.tasks()
     task_labels = {t: data[t].labels for t in tasks}
+    set_seed(config.seed)
     module, tokenizer = build_models(config, task_labels)
     if config.lora:
         apply_lora(module, config)
@@ -141,6 +143,7 @@ def add_baselines(
             split["train"], split["val"], split["test"],
             class_weight="balanced" if config.class_weights else None,
         )
+    set_seed(config.seed)
     fresh, tokenizer = build_models(config.model_copy(update={"student_layers": None}), task_labels)
     heads = head_only(
         fresh, tokenizer, splits, max_length=config.max_length,
