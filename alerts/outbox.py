@@ -113,14 +113,14 @@ class Outbox:
 
     async def deliver(self, doc_id: str) -> bool:
         """One attempt at the pending targets of one alert, if it is due and not claimed.
-        True when the alert is (now) delivered to every target."""
+        True when this attempt completed the delivery to every target."""
         try:
             got = await self._es.get(index=self._index, id=doc_id)
         except NotFoundError:
             return False
         doc = AlertDocument.model_validate(got["_source"])
         if doc.delivered:
-            return True
+            return False
         now = self._clock()
         if doc.next_attempt_at > now:
             return False
@@ -158,7 +158,7 @@ class Outbox:
         return not failures
 
     async def sweep(self) -> int:
-        """Retry every undelivered alert that is due; returns how many got delivered."""
+        """Retry every undelivered alert that is due; returns how many it completed."""
         now = self._clock()
         response = await self._es.search(
             index=self._index,

@@ -19,7 +19,6 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import alerting, expr
 from grafana_foundation_sdk.models import alerting as am
-from grafana_foundation_sdk.models import dashboard as dm
 
 from finsentry.alerts.rules import KeyType, NegativeShareRule, NegativeSpikeRule
 from finsentry.dashboards.config import (
@@ -33,10 +32,18 @@ from finsentry.dashboards.config import (
     WEBHOOK_URL_ENV,
     GrafanaConfig,
 )
-from finsentry.dashboards.queries import count, histogram, target, terms, to_plain
+from finsentry.dashboards.queries import (
+    EXPR,
+    count,
+    histogram,
+    math,
+    reduce_sum,
+    target,
+    terms,
+    to_plain,
+)
 
 KEY_FIELDS: dict[KeyType, str] = {"ticker": "tickers", "topic": "topic"}
-EXPR = dm.DataSourceRef(type_val="__expr__", uid="__expr__")
 ORG_ID = 1
 
 
@@ -58,20 +65,11 @@ def _es_query(ref: str, query: str, field: str, interval: str, seconds: int) -> 
 
 
 def _sum(ref: str, of: str) -> alerting.Query:
-    model = (
-        expr.TypeReduce()
-        .ref_id(ref)
-        .datasource(EXPR)
-        .expression(of)
-        .reducer("sum")
-        .settings(expr.ExprTypeReduceSettings().mode("dropNN"))
-    )
-    return alerting.Query(ref).datasource_uid("__expr__").model(model)
+    return alerting.Query(ref).datasource_uid("__expr__").model(reduce_sum(ref, of))
 
 
 def _math(ref: str, expression: str) -> alerting.Query:
-    model = expr.TypeMath().ref_id(ref).datasource(EXPR).expression(expression)
-    return alerting.Query(ref).datasource_uid("__expr__").model(model)
+    return alerting.Query(ref).datasource_uid("__expr__").model(math(ref, expression))
 
 
 def _fires_when_positive(ref: str, of: str) -> alerting.Query:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from grafana_foundation_sdk.builders import barchart, common, piechart, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, common, piechart, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.elasticsearch import TermsOrder
 
+from finsentry.alerts.rules import NegativeShareRule
 from finsentry.dashboards.config import (
     ALERTS_DS_UID,
     DEAD_LETTERS_DS_UID,
@@ -22,16 +23,15 @@ from finsentry.dashboards.config import (
     GrafanaConfig,
 )
 from finsentry.dashboards.queries import (
-    NEGATIVE_SCRIPT,
-    NET_SENTIMENT_SCRIPT,
     avg,
-    avg_script,
     count,
     ds_ref,
     histogram,
+    math,
     max_,
     percentiles,
     raw_data,
+    reduce_sum,
     target,
     terms,
     to_plain,
@@ -42,7 +42,16 @@ TICKER_VAR = "ticker"
 # has a ticker; a selection becomes ("AAPL" OR "MSFT").
 TICKER_FILTER = f"tickers:${TICKER_VAR}"
 NEGATIVE_ITEMS = f"sentiment:bearish AND {TICKER_FILTER}"
+BULLISH_ITEMS = f"sentiment:bullish AND {TICKER_FILTER}"
 SENTIMENT_COLORS = {"bearish": "red", "neutral": "yellow", "bullish": "green"}
+
+
+def dashboard_thresholds(steps: list[tuple[float | None, str]]) -> db.ThresholdsConfig:
+    return (
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=value, color=color) for value, color in steps])
+    )
 
 
 def _grid(h: int, w: int, x: int, y: int) -> dm.GridPos:
@@ -140,7 +149,6 @@ ALERT_ANNOTATION_FIELDS: dict[str, Any] = {
 
 
 def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
-    del cfg  # the panels only name datasources; indices live in the datasources
     by_sentiment = (
         timeseries.Panel()
         .title("Items by sentiment")
@@ -167,19 +175,27 @@ def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     for label, color in SENTIMENT_COLORS.items():
         by_sentiment = by_sentiment.override_by_name(*_fixed_color(label, color))
 
+    # Ratios are server-side expressions over hidden count queries.
     net_index = (
         timeseries.Panel()
         .title("Net sentiment index")
         .description("(bullish - bearish) / total per interval, from -1 to 1.")
         .datasource(ds_ref(ITEMS_DS_UID))
-        .with_target(
-            _items(
-                "A",
-                TICKER_FILTER,
-                [avg_script("1", NET_SENTIMENT_SCRIPT)],
-                [histogram("2", ITEMS_TIME_FIELD)],
-            ).alias("net sentiment")
+        .targets(
+            [
+                _items("A", BULLISH_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
+                    True
+                ),
+                _items("B", NEGATIVE_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
+                    True
+                ),
+                _items("C", TICKER_FILTER, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
+                    True
+                ),
+                math("D", "($A - $B) / $C"),
+            ]
         )
+        .display_name("net sentiment")
         .min(-1)
         .max(1)
         .decimals(2)
@@ -190,34 +206,35 @@ def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
         .grid_pos(_grid(9, 12, 12, 0))
     )
 
+    per_ticker = [terms("2", "tickers", size=20), histogram("3", ITEMS_TIME_FIELD)]
+    share_rules = [r for r in cfg.rules.rules if isinstance(r, NegativeShareRule)]
+    share_alert = share_rules[0].threshold if share_rules else 0.6
     negative_share = (
-        barchart.Panel()
+        bargauge.Panel()
         .title("Negative share by ticker")
-        .description("Share of bearish items per ticker (the 20 busiest tickers).")
+        .description("Share of bearish items per ticker (the 20 busiest tickers with any).")
         .datasource(ds_ref(ITEMS_DS_UID))
-        .with_target(
-            _items(
-                "A",
-                TICKER_FILTER,
-                [avg_script("1", NEGATIVE_SCRIPT), count("2")],
-                [terms("3", "tickers", size=20)],
-            )
+        .targets(
+            [
+                _items("A", NEGATIVE_ITEMS, [count("1")], per_ticker).hide(True),
+                _items("B", TICKER_FILTER, [count("1")], per_ticker).hide(True),
+                reduce_sum("C", "A").hide(True),
+                reduce_sum("D", "B").hide(True),
+                math("E", "$C / $D"),
+            ]
         )
+        .display_name("${__field.labels.tickers}")
         .unit("percentunit")
         .min(0)
         .max(1)
-        .x_field("tickers")
         .orientation(cm.VizOrientation.HORIZONTAL)
-        .show_value(cm.VisibilityMode.AUTO)
-        .override_by_name(
-            "Count",
-            [
-                dm.DynamicConfigValue(
-                    id_val="custom.hideFrom", value={"legend": True, "tooltip": False, "viz": True}
-                )
-            ],
+        .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+        .reduce_options(common.ReduceDataOptions().values(False).calcs(["lastNotNull"]))
+        .thresholds(
+            dashboard_thresholds(
+                [(None, "green"), (share_alert / 2, "yellow"), (share_alert, "red")]
+            )
         )
-        .legend(_legend())
         .grid_pos(_grid(10, 12, 0, 9))
     )
 

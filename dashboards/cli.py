@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,7 +97,11 @@ def alerter(
 
     settings: Settings = ctx.obj
     alerter_app = create_app(settings, load_rules(rules_file or settings.alert_rules_file))
-    Worker(alerter_app.app, loglevel=loglevel).execute_from_commandline()
+    worker = Worker(alerter_app.app, loglevel=loglevel)
+    # Per-request logs are noise, and httpx's would carry webhook URLs (secrets).
+    for name in ("httpx", "httpcore", "elastic_transport", "elasticsearch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    worker.execute_from_commandline()
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,7 @@
-"""Small helpers over grafana-foundation-sdk's Elasticsearch query builders."""
+"""Small helpers over grafana-foundation-sdk's Elasticsearch and expression builders.
+
+Ratios (net sentiment, negative share) are server-side expressions over count queries, not
+Elasticsearch scripts: they need no scripting module and read the same as the alert rules."""
 
 from __future__ import annotations
 
@@ -6,20 +9,12 @@ import json
 from typing import Any
 
 from grafana_foundation_sdk.builders import elasticsearch as es
+from grafana_foundation_sdk.builders import expr
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.elasticsearch import TermsOrder
 
 from finsentry.dashboards.config import ES_TYPE
-
-# Painless on the `sentiment` keyword. The mean of +1 (bullish) / -1 (bearish) / 0 over a
-# bucket is the net sentiment index (bullish - bearish) / total; the mean of the bearish
-# indicator is the negative share.
-NET_SENTIMENT_SCRIPT = (
-    "doc['sentiment'].size() == 0 ? 0 : "
-    "(doc['sentiment'].value == 'bullish' ? 1 : (doc['sentiment'].value == 'bearish' ? -1 : 0))"
-)
-NEGATIVE_SCRIPT = "doc['sentiment'].size() != 0 && doc['sentiment'].value == 'bearish' ? 1 : 0"
 
 
 def to_plain(obj: Any) -> Any:
@@ -29,6 +24,26 @@ def to_plain(obj: Any) -> Any:
 
 def ds_ref(uid: str) -> dm.DataSourceRef:
     return dm.DataSourceRef(type_val=ES_TYPE, uid=uid)
+
+
+EXPR = dm.DataSourceRef(type_val="__expr__", uid="__expr__")
+
+
+def math(ref_id: str, expression: str) -> expr.TypeMath:
+    """A server-side expression: arithmetic over other queries ($A, $B) per label set."""
+    return expr.TypeMath().ref_id(ref_id).datasource(EXPR).expression(expression)
+
+
+def reduce_sum(ref_id: str, of: str) -> expr.TypeReduce:
+    """A server-side expression: each series of `of` summed to one number."""
+    return (
+        expr.TypeReduce()
+        .ref_id(ref_id)
+        .datasource(EXPR)
+        .expression(of)
+        .reducer("sum")
+        .settings(expr.ExprTypeReduceSettings().mode("dropNN"))
+    )
 
 
 def target(
@@ -59,13 +74,6 @@ def count(id_: str = "1") -> es.Count:
 
 def avg(id_: str, field: str) -> es.Average:
     return es.Average().id(id_).field(field)
-
-
-def avg_script(id_: str, script: str) -> es.Average:
-    settings = es.ElasticsearchAverageSettings().script(
-        es.ElasticsearchInlineScript().inline(script)
-    )
-    return es.Average().id(id_).settings(settings)
 
 
 def max_(id_: str, field: str) -> es.Max:

@@ -27,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 from finsentry.models.labels import SENTIMENT, SENTIMENT_LABELS, TASKS
 from finsentry.models.text import Preprocess
-from pydantic import BaseModel, Field
 
 MANIFEST = "manifest.json"
 FORMAT = "finsentry-artifact"
@@ -220,11 +221,14 @@ def save_task_models(
 
     The tokenizer is saved in every task folder so each is a complete checkpoint; the
     manifest names the first one as the tokenizer all tasks share."""
+    from finsentry.models.runtime import quiet_transformers
+
     specs: dict[str, TaskSpec] = {}
     first: str | None = None
     for task, model in task_models.items():
         folder = Path(root) / task
-        model.save_pretrained(folder)
+        with quiet_transformers():
+            model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         first = first or task
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

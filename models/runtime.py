@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from finsentry.messages import ItemScores, LabelScores
 from finsentry.models.artifact import ArtifactError, Manifest, read_manifest
 from finsentry.models.labels import SENTIMENT, TOPIC
 from finsentry.models.text import preprocessor
-
-from finsentry.messages import ItemScores, LabelScores
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" progress bars on stderr meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
 
 
 def pick_device(preference: str) -> tuple[Any, Any]:
@@ -52,19 +67,21 @@ class _TorchGroup:
     def __init__(
         self, root: Path, manifest: Manifest, tasks: list[str], device: Any, dtype: Any
     ) -> None:
-        from finsentry.models.heads import TaskHeads
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from finsentry.models.heads import TaskHeads
 
         self.tasks = tasks
         self.max_length = manifest.max_length
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
-        models = {
-            t: AutoModelForSequenceClassification.from_pretrained(
-                root / manifest.tasks[t].path, dtype=dtype
-            )
-            for t in tasks
-        }
+        with quiet_transformers():
+            models = {
+                t: AutoModelForSequenceClassification.from_pretrained(
+                    root / manifest.tasks[t].path, dtype=dtype
+                )
+                for t in tasks
+            }
         shared = manifest.shared_encoder and len(tasks) > 1
         self.module = TaskHeads(models, shared_encoder=shared).to(device).eval()
 

@@ -18,12 +18,13 @@ class Service(StrEnum):
     elasticsearch = "elasticsearch"
 
 
-def _external(settings: Settings, console: Console) -> bool:
+def _external_note(settings: Settings, console: Console) -> bool:
     if settings.manage_services:
         return False
     console.print(
         "FINSENTRY_MANAGE_SERVICES is false: external services are configured "
-        f"(Kafka {settings.kafka_bootstrap}, Elasticsearch {settings.es_url}); nothing to do."
+        f"(Kafka {settings.kafka_bootstrap}, Elasticsearch {settings.es_url}); "
+        "`finsentry services check` tests them."
     )
     return True
 
@@ -38,8 +39,6 @@ def up(
 
     settings: Settings = ctx.obj
     console = Console(stderr=True)
-    if _external(settings, console):
-        return
     try:
         manager.up(settings, only.value if only else None, console)
     except manager.ServiceError as exc:
@@ -57,8 +56,6 @@ def down(
 
     settings: Settings = ctx.obj
     console = Console(stderr=True)
-    if _external(settings, console):
-        return
     try:
         manager.down(settings, only.value if only else None, console)
     except manager.ServiceError as exc:
@@ -73,7 +70,7 @@ def status(ctx: typer.Context) -> None:
 
     settings: Settings = ctx.obj
     console = Console()
-    if _external(settings, console):
+    if _external_note(settings, console):
         return
     table = Table(title=f"local services ({settings.state_dir})")
     for column in ("service", "version", "running", "pid", "url", "healthy"):
@@ -100,8 +97,9 @@ def check(
     group: str | None = typer.Option(None, help="This consumer group must have members."),
     url: list[str] = typer.Option([], help="This URL must answer 2xx (repeatable)."),
 ) -> None:
-    """Check the configured endpoints (local or external); exit 1 if any fails. Without
-    options, checks Kafka and Elasticsearch. Used as the compose healthcheck."""
+    """Check the configured (local or external) endpoints; exit 1 if any fails.
+
+    Without options: Kafka and Elasticsearch. The compose healthchecks use it."""
     from finsentry.services import health
 
     settings: Settings = ctx.obj

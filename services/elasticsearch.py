@@ -139,8 +139,7 @@ class LocalElasticsearch(LocalService):
         data, logs = self.dir / "data", self.dir / "logs"
         data.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
-        if not (self.config_dir / "jvm.options").exists():
-            shutil.copytree(self.home / "config", self.config_dir, dirs_exist_ok=True)
+        self._copy_distribution_config()
         (self.config_dir / "elasticsearch.yml").write_text(
             elasticsearch_yml(self.settings, data, logs)
         )
@@ -156,6 +155,20 @@ class LocalElasticsearch(LocalService):
             cwd=logs,
             user=account.pw_name if account else None,
         )
+
+    def _copy_distribution_config(self) -> None:
+        """The distribution's config files, copied once per version (the keystore and the
+        generated elasticsearch.yml are kept across upgrades)."""
+        stamp = self.config_dir / ".finsentry-version"
+        if stamp.exists() and stamp.read_text().strip() == self.version:
+            return
+        shutil.copytree(
+            self.home / "config",
+            self.config_dir,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("elasticsearch.keystore"),
+        )
+        stamp.write_text(self.version + "\n")
 
     def _set_bootstrap_password(
         self, env: dict[str, str], account: pwd.struct_passwd | None

@@ -112,7 +112,6 @@ class LocalKafka(LocalService):
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{log4j}",
-            f"-Dkafka.logs.dir={self.dir}",
             "-cp",
             f"{self.libs}/*",
             "kafka.Kafka",

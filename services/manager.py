@@ -41,18 +41,36 @@ def _locked(settings: Settings) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _external(settings: Settings, console: Console | None) -> bool:
+    """True (and says so) when FINSENTRY_MANAGE_SERVICES is false: nothing to start or stop."""
+    if settings.manage_services:
+        return False
+    (console or Console(stderr=True)).print(
+        "FINSENTRY_MANAGE_SERVICES is false: external services are configured "
+        f"(Kafka {settings.kafka_bootstrap}, Elasticsearch {settings.es_url}); nothing to do."
+    )
+    return True
+
+
 def up(settings: Settings, only: str | None = None, console: Console | None = None) -> None:
-    """Fetch (once), start and health-wait the local services; harmless when they run."""
+    """Fetch (once), start and health-wait the local services; harmless when they run.
+    Does nothing when `settings.manage_services` is false."""
+    if _external(settings, console):
+        return
     with _locked(settings):
         for service in _selected(settings, only, console):
             service.up()
 
 
 def down(settings: Settings, only: str | None = None, console: Console | None = None) -> None:
+    """Stop the local services (their data stays under the state dir)."""
+    if _external(settings, console):
+        return
     with _locked(settings):
         for service in reversed(_selected(settings, only, console)):
             service.down()
 
 
 def status(settings: Settings) -> dict[str, ServiceStatus]:
+    """Each local service's pid-file process and health check (external ones: see `check`)."""
     return {name: cls(settings).status() for name, cls in SERVICES.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -126,6 +127,8 @@ def fetch_elasticsearch(cache: Path, version: str, console: Console) -> Path:
     inner.rename(home)
     shutil.rmtree(unpack)
     archive.unlink()
+    with contextlib.suppress(OSError):
+        download.rmdir()
     (home / COMPLETE).write_text("")
     console.print(
         f"fetched {coordinates} ({_dir_size(home) / 1e6:.0f} MB unpacked, "

@@ -55,8 +55,10 @@ def broker_credentials(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
+    app_id = app_id or settings.app_id
     return faust.App(
-        app_id or settings.app_id,
+        app_id,
+        datadir=str(settings.state_dir / "faust" / f"{app_id}-data"),
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
         store="memory://",

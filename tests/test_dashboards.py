@@ -79,6 +79,10 @@ def _targets(board: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield panel["title"], target
 
 
+def _panel(board: dict[str, Any], title: str) -> dict[str, Any]:
+    return next(p for p in board["panels"] if p["title"] == title)
+
+
 def test_dashboards_reference_provisioned_datasources(files: dict[str, str]) -> None:
     uids = {d["uid"] for d in load(files, "datasources/finsentry.yaml")["datasources"]}
     market = load(files, "dashboards/market-sentiment.json")
@@ -94,7 +98,11 @@ def test_dashboards_reference_provisioned_datasources(files: dict[str, str]) -> 
     }
     for board in (market, pipeline):
         for title, target in _targets(board):
-            assert target["datasource"]["uid"] in uids, title
+            assert target["datasource"]["uid"] in uids | {"__expr__"}, title
+            if target["datasource"]["uid"] == "__expr__":
+                refs = {t["refId"] for t in _panel(board, title)["targets"]}
+                used = set(re.findall(r"\$(\w+)", target["expression"]))
+                assert (used or {target["expression"]}) <= refs, title
     (variable,) = market["templating"]["list"]
     assert variable["name"] == "ticker" and variable["allValue"] == "*" and variable["multi"]
     (annotation,) = market["annotations"]["list"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import json
+import math as math_
+import re
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -238,38 +240,45 @@ def totals(found: Iterator[dict[str, Any]], label: str) -> dict[str, int]:
 Check = Callable[[dict[str, Any], dict[str, Any], list[ScoredItem]], None]
 
 
-def check_by_sentiment(target: dict, response: dict, items: list[ScoredItem]) -> None:
-    assert totals(rows(response, target), "sentiment") == dict(Counter(i.sentiment for i in items))
+def check_by_sentiment(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+    (target,) = panel["targets"]
+    found = totals(rows(results[target["refId"]], target), "sentiment")
+    assert found == dict(Counter(i.sentiment for i in items))
 
 
-def check_net_index(target: dict, response: dict, items: list[ScoredItem]) -> None:
-    found = [r for r in rows(response, target) if r["doc_count"]]
-    net = sum(r["1"] * r["doc_count"] for r in found)
+def check_net_index(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+    shown = [t for t in panel["targets"] if not t.get("hide")]
+    assert [t["type"] for t in shown] == ["math"]
+    (series,) = results[shown[0]["refId"]].values()
+    totals_ = results["C"][""]
+    assert len(series) == len(totals_) and sum(totals_) == len(items)
+    values = [v for v in series if not math_.isnan(v)]
+    assert values and all(-1 <= v <= 1 for v in values)
+    net = sum(v * n for v, n in zip(series, totals_, strict=True) if n)
     expected = sum((i.sentiment == "bullish") - (i.sentiment == "bearish") for i in items)
     assert net == pytest.approx(expected)
-    assert sum(r["doc_count"] for r in found) == len(items)
-    assert all(-1 <= r["1"] <= 1 for r in found)
 
 
-def check_negative_share(target: dict, response: dict, items: list[ScoredItem]) -> None:
+def check_negative_share(panel: dict, results: dict, items: list[ScoredItem]) -> None:
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for i in items:
         for ticker in i.tickers:
             per[ticker][0] += 1
             per[ticker][1] += i.sentiment == "bearish"
-    found = {r["tickers"]: r for r in rows(response, target)}
-    assert set(found) == set(per)
-    for ticker, (total, negative) in per.items():
-        assert found[ticker]["doc_count"] == total
-        assert found[ticker]["1"] == pytest.approx(negative / total)
+    (shown,) = [t for t in panel["targets"] if not t.get("hide")]
+    expected = {t: neg / total for t, (total, neg) in per.items() if neg}
+    assert results[shown["refId"]] == pytest.approx(expected)
 
 
-def check_topic_mix(target: dict, response: dict, items: list[ScoredItem]) -> None:
-    assert totals(rows(response, target), "topic") == dict(Counter(i.topic for i in items))
+def check_topic_mix(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+    (target,) = panel["targets"]
+    found = totals(rows(results[target["refId"]], target), "topic")
+    assert found == dict(Counter(i.topic for i in items))
 
 
-def check_newest_negative(target: dict, response: dict, items: list[ScoredItem]) -> None:
-    hits = [h["_source"] for h in response["hits"]["hits"]]
+def check_newest_negative(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+    (target,) = panel["targets"]
+    hits = [h["_source"] for h in results[target["refId"]]["hits"]["hits"]]
     expected = sorted(
         (i for i in items if i.sentiment == "bearish"), key=lambda i: i.scored_at, reverse=True
     )
@@ -286,6 +295,28 @@ MARKET_CHECKS: dict[str, Check] = {
 }
 
 
+def run_panel(
+    es: Elasticsearch,
+    tree: dict[str, Any],
+    indices: dict[str, Any],
+    panel: dict[str, Any],
+    time_from_ms: int,
+    time_to_ms: int,
+    variables: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Raw responses of the Elasticsearch targets, by refId; when the panel has server-side
+    expressions, also the per-label series of the ES targets and the expressions' results."""
+    results: dict[str, Any] = {}
+    expressions = [t for t in panel["targets"] if t["datasource"]["uid"] == "__expr__"]
+    for target in panel["targets"]:
+        if target in expressions:
+            continue
+        response = run_target(es, tree, indices, target, time_from_ms, time_to_ms, variables)
+        results[target["refId"]] = series_by_label(target, response) if expressions else response
+    run_expressions(expressions, results)
+    return results
+
+
 @pytest.mark.parametrize("selection", list(SELECTIONS))
 def test_market_panels(es, tree, indices, now_ms, selection: str) -> None:
     board = tree["dashboards/market-sentiment.json"]
@@ -295,11 +326,8 @@ def test_market_panels(es, tree, indices, now_ms, selection: str) -> None:
     assert items
     assert {p["title"] for p in board["panels"]} == set(MARKET_CHECKS)
     for panel in board["panels"]:
-        for target in panel["targets"]:
-            response = run_target(
-                es, tree, indices, target, now_ms - 24 * HOUR_MS, now_ms, variables
-            )
-            MARKET_CHECKS[panel["title"]](target, response, items)
+        results = run_panel(es, tree, indices, panel, now_ms - 24 * HOUR_MS, now_ms, variables)
+        MARKET_CHECKS[panel["title"]](panel, results, items)
 
 
 def test_ticker_variable_lists_tickers_in_range(es, tree, indices, now_ms) -> None:
@@ -407,18 +435,32 @@ def test_pipeline_panels(es, tree, indices, now_ms) -> None:
             PIPELINE_CHECKS[panel["title"]](target, response, data)
 
 
-# --- Grafana alert rules ----------------------------------------------------------------
+# --- Server-side expressions and Grafana alert rules --------------------------------------
+
+
+def series_by_label(target: dict[str, Any], response: dict[str, Any]) -> dict[str, list[float]]:
+    """An ES response as Grafana hands it to expressions: one series per label set (the terms
+    keys), values per date-histogram bucket."""
+    series: dict[str, list[float]] = defaultdict(list)
+    fields = [b.get("field") for b in target["bucketAggs"] if b["type"] != "date_histogram"]
+    for row in rows(response, target):
+        series[",".join(str(row[f]) for f in fields)].append(float(row["doc_count"]))
+    return dict(series)
 
 
 def math(expression: str, values: dict[str, float]) -> float:
     """Evaluate a server-side-expression math formula over numbers ($A, &&, ||, + - * /,
-    comparisons), as Grafana does for one label set."""
+    comparisons), as Grafana does for one label set; x / 0 is NaN."""
     source = expression.replace("&&", " and ").replace("||", " or ").replace("$", "")
+
+    def divide(a: float, b: float) -> float:
+        return a / b if b else math_.nan
+
     binary = {
         ast.Add: float.__add__,
         ast.Sub: float.__sub__,
         ast.Mult: float.__mul__,
-        ast.Div: float.__truediv__,
+        ast.Div: divide,
     }
     compare = {
         ast.GtE: float.__ge__,
@@ -447,41 +489,48 @@ def math(expression: str, values: dict[str, float]) -> float:
     return ev(ast.parse(source, mode="eval"))
 
 
-def firing(rule: dict[str, Any], results: dict[str, dict[str, Any]]) -> set[str]:
-    """Run a rule's expressions over the per-label series of its data queries."""
-    for query in rule["data"]:
-        model = query["model"]
-        kind = model.get("type")
+def run_expressions(models: list[dict[str, Any]], results: dict[str, Any]) -> None:
+    """reduce (sum), math and threshold (gt) over `results` (refId -> label -> series or
+    number), in order, like Grafana's server-side expressions. Math joins inputs on labels
+    and works pointwise on series."""
+    for model in models:
+        kind = model["type"]
+        ref = model["refId"]
         if kind == "reduce":
             assert model["reducer"] == "sum"
-            results[query["refId"]] = {
-                k: float(sum(v)) for k, v in results[model["expression"]].items()
-            }
+            results[ref] = {k: float(sum(v)) for k, v in results[model["expression"]].items()}
         elif kind == "math":
-            refs = sorted(
-                set(model["expression"].replace("$", " $").split()) & {f"${r}" for r in results}
-            )
-            names = [r[1:] for r in refs]
+            names = sorted({n for n in re.findall(r"\$(\w+)", model["expression"])})
             labels = set.intersection(*(set(results[n]) for n in names))
-            results[query["refId"]] = {
-                label: math(model["expression"], {n: results[n][label] for n in names})
-                for label in labels
-            }
+            out: dict[str, Any] = {}
+            for label in labels:
+                inputs = {n: results[n][label] for n in names}
+                if any(isinstance(v, list) for v in inputs.values()):
+                    length = len(next(v for v in inputs.values() if isinstance(v, list)))
+                    out[label] = [
+                        math(
+                            model["expression"],
+                            {n: v[i] if isinstance(v, list) else v for n, v in inputs.items()},
+                        )
+                        for i in range(length)
+                    ]
+                else:
+                    out[label] = math(model["expression"], inputs)
+            results[ref] = out
         elif kind == "threshold":
             (condition,) = model["conditions"]
             assert condition["evaluator"]["type"] == "gt"
             limit = condition["evaluator"]["params"][0]
-            results[query["refId"]] = {
-                k: float(v > limit) for k, v in results[model["expression"]].items()
-            }
-    return {label for label, value in results[rule["condition"]].items() if value}
+            results[ref] = {k: float(v > limit) for k, v in results[model["expression"]].items()}
+        else:
+            raise ValueError(f"unsupported expression type {kind!r}")
 
 
 def test_grafana_alert_rules_fire_on_the_burst_only(es, tree, indices, now_ms) -> None:
     (group,) = tree["alerting/rules.yaml"]["groups"]
     assert group["rules"]
     for rule in group["rules"]:
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, Any] = {}
         for query in rule["data"]:
             if query["datasourceUid"] == "__expr__":
                 continue
@@ -496,14 +545,19 @@ def test_grafana_alert_rules_fire_on_the_burst_only(es, tree, indices, now_ms) -
                 now_ms - span["to"] * 1000,
                 index=indices["names"]["rules"],
             )
-            series: dict[str, list[int]] = defaultdict(list)
-            for row in rows(response, target):
-                series[row[target["bucketAggs"][0]["field"]]].append(row["doc_count"])
-            results[query["refId"]] = dict(series)
-        assert firing(rule, results) == FIRING, rule["uid"]
+            results[query["refId"]] = series_by_label(target, response)
+        run_expressions(
+            [q["model"] for q in rule["data"] if q["datasourceUid"] == "__expr__"], results
+        )
+        fired = {label for label, value in results[rule["condition"]].items() if value}
+        assert fired == FIRING, rule["uid"]
 
 
-def test_math_evaluator() -> None:
+def test_expression_evaluator() -> None:
     assert math("($D >= 20) && ($C >= 0.6 * $D)", {"C": 12.0, "D": 20.0}) == 1.0
     assert math("($D >= 20) && ($C >= 0.6 * $D)", {"C": 11.0, "D": 20.0}) == 0.0
     assert math("$C * 8 >= 3 * ($D - $C)", {"C": 3.0, "D": 11.0}) == 1.0
+    assert math_.isnan(math("$A / $B", {"A": 1.0, "B": 0.0}))
+    results: dict[str, Any] = {"A": {"x": [1.0, 2.0], "y": [3.0]}, "B": {"x": [2.0, 2.0]}}
+    run_expressions([{"refId": "C", "type": "math", "expression": "$A / $B"}], results)
+    assert results["C"] == {"x": [0.5, 1.0]}

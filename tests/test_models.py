@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+
+from finsentry.messages import ItemScores
 from finsentry.models.artifact import ArtifactError, list_artifacts, read_manifest
 from finsentry.models.labels import SENTIMENT_LABELS, topic_label_names
 from finsentry.models.scorer import load_scorer
-
-from finsentry.messages import ItemScores
 from finsentry.settings import Settings
 from tests.support.tiny_artifact import build_tiny_artifact
 

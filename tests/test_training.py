@@ -57,9 +57,23 @@ def test_cli_training_run_yields_a_loadable_artifact_with_its_report(
 ) -> None:
     result = runner.invoke(
         app,
-        ["train", "--task", "sentiment", "--base", str(tiny_base), "--output", str(tmp_path),
-         "--max-samples", "200", "--epochs", "1", "--eval-every", "4", "--no-progress",
-         "--class-weights"],
+        [
+            "train",
+            "--task",
+            "sentiment",
+            "--base",
+            str(tiny_base),
+            "--output",
+            str(tmp_path),
+            "--max-samples",
+            "200",
+            "--epochs",
+            "1",
+            "--eval-every",
+            "4",
+            "--no-progress",
+            "--class-weights",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "sentiment test: accuracy" in result.output
@@ -119,19 +133,42 @@ def test_evaluate_with_a_remapped_label_file(multitask_artifact: Path, tmp_path:
     mapping = json.dumps({f"L{k}": v for k, v in names.items()})
     result = runner.invoke(
         app,
-        ["evaluate", "--model", str(multitask_artifact), "--data", str(file),
-         "--text-col", "body", "--label-col", "sentiment", "--label-map", mapping, "--json"],
+        [
+            "evaluate",
+            "--model",
+            str(multitask_artifact),
+            "--data",
+            str(file),
+            "--text-col",
+            "body",
+            "--label-col",
+            "sentiment",
+            "--label-map",
+            mapping,
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["task"] == "sentiment" and report["n"] == 60
     assert sum(v["support"] for v in report["per_class"].values()) == 60
     assert 0.0 <= report["accuracy"] <= 1.0
 
     bad = runner.invoke(
         app,
-        ["evaluate", "--model", str(multitask_artifact), "--data", str(file),
-         "--text-col", "body", "--label-col", "sentiment", "--task", "sentiment"],
+        [
+            "evaluate",
+            "--model",
+            str(multitask_artifact),
+            "--data",
+            str(file),
+            "--text-col",
+            "body",
+            "--label-col",
+            "sentiment",
+            "--task",
+            "sentiment",
+        ],
     )
     assert bad.exit_code == 2 and "--label-map" in bad.output
 
@@ -173,15 +210,27 @@ def test_corrupt_or_mislabelled_input_gives_a_clear_error(tiny_base: Path, tmp_p
     for file, message in cases.items():
         result = runner.invoke(
             app,
-            ["train", "--task", "sentiment", "--data", str(file), "--base", str(tiny_base),
-             "--output", str(tmp_path / "out"), "--no-progress"],
+            [
+                "train",
+                "--task",
+                "sentiment",
+                "--data",
+                str(file),
+                "--base",
+                str(tiny_base),
+                "--output",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ],
         )
         assert result.exit_code == 2, result.output
         assert message in result.output and str(file) in result.output.replace("\n", "")
     with pytest.raises(DataError, match="unknown sentiment label"):
         run_training(
             tiny_config(
-                tiny_base, tmp_path, "sentiment",
+                tiny_base,
+                tmp_path,
+                "sentiment",
                 data={"sentiment": {"source": str(mislabelled), "label_map": {"0": "meh"}}},
             )
         )
@@ -210,8 +259,9 @@ def test_freezing_and_lora(tiny_base: Path, tmp_path: Path) -> None:
     assert ArtifactScorer(path, device="cpu").predict_proba(["x"])["sentiment"].shape == (1, 3)
 
 
-def test_distillation_trains_a_smaller_student(multitask_artifact: Path, tiny_base: Path,
-                                               tmp_path: Path) -> None:
+def test_distillation_trains_a_smaller_student(
+    multitask_artifact: Path, tiny_base: Path, tmp_path: Path
+) -> None:
     from finsentry.training.distill import run_distillation
 
     config = tiny_config(

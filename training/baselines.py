@@ -27,7 +27,9 @@ def tfidf_logreg(
     class_weight: str | None = None,
 ) -> dict[str, float]:
     """Word 1-2-gram TF-IDF + logistic regression; C picked on validation macro-F1."""
-    vectoriser = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000)
+    vectoriser = TfidfVectorizer(
+        ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000
+    )
     x_train = vectoriser.fit_transform(train[0])
     x_val, x_test = vectoriser.transform(val[0]), vectoriser.transform(test[0])
     best: tuple[float, Any] = (-1.0, None)
@@ -40,7 +42,9 @@ def tfidf_logreg(
     return classification_scores(test[1], best[1].predict(x_test))
 
 
-def _feature_fn(model: Any) -> tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
+def _feature_fn(
+    model: Any,
+) -> tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
     """What the head reads from the encoder output, and how the head applies to it."""
     if model.config.model_type == "bert":
         return (lambda out: out.pooler_output), (lambda x: model.classifier(model.dropout(x)))

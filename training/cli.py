@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +13,23 @@ import typer
 from finsentry.settings import Settings
 
 
-class TaskOption(str, Enum):
+class TaskOption(StrEnum):
     sentiment = "sentiment"
     topic = "topic"
     multitask = "multitask"
 
 
-class FreezeOption(str, Enum):
+class FreezeOption(StrEnum):
     full = "full"
     top_k = "top_k"
     head = "head"
 
 
-class FormatOption(str, Enum):
+class FormatOption(StrEnum):
     onnx = "onnx"
 
 
-class QuantizeOption(str, Enum):
+class QuantizeOption(StrEnum):
     int8 = "int8"
     none = "none"
 
@@ -53,8 +53,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _build_config(settings: Settings, task: TaskOption, data: list[str] | None,
-                  label_maps: list[str] | None, overrides: dict[str, Any]) -> Any:
+def _build_config(
+    settings: Settings,
+    task: TaskOption,
+    data: list[str] | None,
+    label_maps: list[str] | None,
+    overrides: dict[str, Any],
+) -> Any:
     from finsentry.training.config import DataSpec, TrainConfig, default_data
     from finsentry.training.evaluate import parse_label_map
 
@@ -79,14 +84,16 @@ def train(
     ctx: typer.Context,
     task: TaskOption = typer.Option(TaskOption.multitask, help="What to train."),
     data: list[str] | None = typer.Option(
-        None, help="CSV/JSONL/Parquet file or Hub dataset id; TASK=SOURCE with multitask. "
-        "Default: the shared data sets in FINSENTRY_DATA_DIR."
+        None,
+        help="CSV/JSONL/Parquet file or Hub dataset id; TASK=SOURCE with multitask. "
+        "Default: the shared data sets in FINSENTRY_DATA_DIR.",
     ),
     text_col: str | None = typer.Option(None, help="Text column (default: text)."),
     label_col: str | None = typer.Option(None, help="Label column (default: label)."),
     label_map: list[str] | None = typer.Option(
-        None, help="JSON file or inline JSON, raw label -> name (TASK=... with multitask). "
-        "Default: label_map.json beside the data file."
+        None,
+        help="JSON file or inline JSON, raw label -> name (TASK=... with multitask). "
+        "Default: label_map.json beside the data file.",
     ),
     split: str | None = typer.Option(None, help="Split of a Hub dataset (default: train)."),
     base: str | None = typer.Option(
@@ -126,15 +133,36 @@ def train(
     from finsentry.training.train import run_training
 
     options = {
-        "text_col": text_col, "label_col": label_col, "split": split, "base_model": base,
-        "output_dir": output, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "head_lr": head_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
-        "dropout": dropout, "max_grad_norm": max_grad_norm, "class_weights": class_weights,
-        "label_smoothing": label_smoothing, "freeze": freeze.value if freeze else None,
-        "top_k": top_k, "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha,
-        "eval_every": eval_every, "patience": patience, "max_length": max_length,
-        "max_train_samples": max_samples, "val_frac": val_frac, "test_frac": test_frac,
-        "seed": seed, "baselines": baselines, "threads": threads, "progress": progress,
+        "text_col": text_col,
+        "label_col": label_col,
+        "split": split,
+        "base_model": base,
+        "output_dir": output,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "head_lr": head_lr,
+        "weight_decay": weight_decay,
+        "warmup_ratio": warmup_ratio,
+        "dropout": dropout,
+        "max_grad_norm": max_grad_norm,
+        "class_weights": class_weights,
+        "label_smoothing": label_smoothing,
+        "freeze": freeze.value if freeze else None,
+        "top_k": top_k,
+        "lora": lora,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "eval_every": eval_every,
+        "patience": patience,
+        "max_length": max_length,
+        "max_train_samples": max_samples,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "seed": seed,
+        "baselines": baselines,
+        "threads": threads,
+        "progress": progress,
     }
     overrides = {k: v for k, v in options.items() if v is not None}
     try:
@@ -155,8 +183,10 @@ def _print_summary(path: Path) -> None:
             f"weighted-F1 {test['weighted_f1']:.4f}  (n={test['n']})"
         )
         for name, scores in info["baselines"].items():
-            typer.echo(f"{'':>9} {name}: accuracy {scores['accuracy']:.4f}  "
-                       f"macro-F1 {scores['macro_f1']:.4f}")
+            typer.echo(
+                f"{'':>9} {name}: accuracy {scores['accuracy']:.4f}  "
+                f"macro-F1 {scores['macro_f1']:.4f}"
+            )
     epochs = metrics["training"]["epoch_seconds"]
     typer.echo("seconds per epoch (training only): " + ", ".join(f"{s:.0f}" for s in epochs))
 
@@ -168,8 +198,9 @@ def evaluate(
     text_col: str = typer.Option("text"),
     label_col: str = typer.Option("label"),
     label_map: str | None = typer.Option(
-        None, help="JSON file or inline JSON: file label -> model label name "
-        "(e.g. '{\"negative\": \"bearish\"}'). Default: label_map.json beside the file."
+        None,
+        help="JSON file or inline JSON: file label -> model label name "
+        '(e.g. \'{"negative": "bearish"}\'). Default: label_map.json beside the file.',
     ),
     task: str | None = typer.Option(None, help="Task to score (default: inferred)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -182,22 +213,32 @@ def evaluate(
     settings: Settings = ctx.obj
     try:
         report = evaluate_file(
-            model, data, text_col=text_col, label_col=label_col,
-            label_map=parse_label_map(label_map), task=task, device=settings.device,
+            model,
+            data,
+            text_col=text_col,
+            label_col=label_col,
+            label_map=parse_label_map(label_map),
+            task=task,
+            device=settings.device,
         )
     except (DataError, ArtifactError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"model {report['version']} ({report['model']}), task {report['task']}, "
-               f"n={report['n']}")
+    typer.echo(
+        f"model {report['version']} ({report['model']}), task {report['task']}, n={report['n']}"
+    )
     typer.echo(f"{'class':<32}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}")
     for name, v in report["per_class"].items():
-        typer.echo(f"{name:<32}{v['precision']:>10.4f}{v['recall']:>10.4f}"
-                   f"{v['f1-score']:>10.4f}{int(v['support']):>9}")
-    typer.echo(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
-               f"weighted-F1 {report['weighted_f1']:.4f}")
+        typer.echo(
+            f"{name:<32}{v['precision']:>10.4f}{v['recall']:>10.4f}"
+            f"{v['f1-score']:>10.4f}{int(v['support']):>9}"
+        )
+    typer.echo(
+        f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+        f"weighted-F1 {report['weighted_f1']:.4f}"
+    )
 
 
 def export(
@@ -205,8 +246,9 @@ def export(
     format: FormatOption = typer.Option(FormatOption.onnx, "--format"),
     quantize: QuantizeOption = typer.Option(QuantizeOption.int8),
     output: Path | None = typer.Option(
-        None, help="Folder the export goes into (default: <model>/exports). Put it in "
-        "FINSENTRY_MODELS_DIR to serve it as the newest artifact."
+        None,
+        help="Folder the export goes into (default: <model>/exports). Put it in "
+        "FINSENTRY_MODELS_DIR to serve it as the newest artifact.",
     ),
     data: str | None = typer.Option(
         None, help="Held-out texts for the parity check (default: the artifact's test split)."
@@ -229,14 +271,23 @@ def export(
         path, report = export_onnx(model, output=output, quantize=quantize.value, texts=texts)
     except (DataError, ArtifactError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"export: {path} ({report['onnx_bytes'] / 1e6:.1f} MB ONNX vs "
-               f"{report['torch_bytes'] / 1e6:.1f} MB PyTorch)")
+    typer.echo(
+        f"export: {path} ({report['onnx_bytes'] / 1e6:.1f} MB ONNX vs "
+        f"{report['torch_bytes'] / 1e6:.1f} MB PyTorch)"
+    )
     worst = 1.0
     for task, p in report["tasks"].items():
         worst = min(worst, p["label_agreement"])
-        typer.echo(f"{task:>9} parity on {p['n']} held-out texts: label agreement "
-                   f"{p['label_agreement']:.4f}, max prob diff {p['max_prob_diff']:.4f}, "
-                   f"mean {p['mean_prob_diff']:.5f}")
+        typer.echo(
+            f"{task:>9} parity on {p['n']} held-out texts: label agreement "
+            f"{p['label_agreement']:.4f}, max prob diff {p['max_prob_diff']:.4f}, "
+            f"mean {p['mean_prob_diff']:.5f}"
+        )
+    speed = report["throughput"]
+    typer.echo(
+        f"throughput (texts/s, this machine): PyTorch {speed['reference_texts_per_second']:.0f}, "
+        f"ONNX {speed['export_texts_per_second']:.0f}"
+    )
     if worst < min_agreement:
         raise _fail(f"label agreement {worst:.4f} is below {min_agreement}")
 
@@ -264,10 +315,17 @@ def distill(
     from finsentry.training.data import DataError
     from finsentry.training.distill import run_distillation
 
-    options = {"base_model": base, "output_dir": output, "epochs": epochs,
-               "max_train_samples": max_samples, "progress": progress,
-               "student_layers": student_layers, "distill_alpha": alpha,
-               "distill_temperature": temperature, "baselines": False}
+    options = {
+        "base_model": base,
+        "output_dir": output,
+        "epochs": epochs,
+        "max_train_samples": max_samples,
+        "progress": progress,
+        "student_layers": student_layers,
+        "distill_alpha": alpha,
+        "distill_temperature": temperature,
+        "baselines": False,
+    }
     overrides = {k: v for k, v in options.items() if v is not None}
     try:
         config = _build_config(ctx.obj, task, None, None, overrides)
@@ -279,8 +337,10 @@ def distill(
         scores = "  ".join(
             f"{t} acc {s['accuracy']:.4f} F1 {s['macro_f1']:.4f}" for t, s in row["test"].items()
         )
-        typer.echo(f"{name:<28} layers {row['encoder_layers']}  {scores}  "
-                   f"{row['texts_per_second_cpu']:.0f} texts/s (CPU)")
+        typer.echo(
+            f"{name:<28} layers {row['encoder_layers']}  {scores}  "
+            f"{row['texts_per_second_cpu']:.0f} texts/s (CPU)"
+        )
 
 
 def register(app: typer.Typer) -> None:

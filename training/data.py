@@ -140,7 +140,10 @@ def clean_examples(
     labels = list(dict.fromkeys(names_of.values()))
     index = {name: i for i, name in enumerate(labels)}
     out = pd.DataFrame(
-        {"text": frame[spec.text_col].astype(str).to_numpy(), "label": [index[names_of[r]] for r in raw]}
+        {
+            "text": frame[spec.text_col].astype(str).to_numpy(),
+            "label": [index[names_of[r]] for r in raw],
+        }
     )
     out = out.drop_duplicates(subset="text", keep="first").reset_index(drop=True)
     return out, labels
@@ -160,7 +163,7 @@ def stratified_split(
         rng.shuffle(members)
         start = 0
         for i, fraction in enumerate(fractions, start=1):
-            take = min(int(round(len(members) * fraction)), len(members) - start - 1)
+            take = min(round(len(members) * fraction), len(members) - start - 1)
             take = max(take, 0)
             parts[i].extend(members[start : start + take].tolist())
             start += take
@@ -191,7 +194,9 @@ def load_task_data(
     max_samples: int | None = None,
 ) -> TaskData:
     """Read, check and split one task's data: train / validation (early stopping) / test."""
-    frame, labels = clean_examples(read_table(spec.source, spec.split), spec, task, origin=spec.source)
+    frame, labels = clean_examples(
+        read_table(spec.source, spec.split), spec, task, origin=spec.source
+    )
     if len(frame) < 10:
         raise DataError(f"{spec.source}: only {len(frame)} usable rows; need at least 10")
     print_ = fingerprint(spec.source, frame, spec)
@@ -206,7 +211,7 @@ def load_task_data(
     if len(val_idx) == 0 or len(test_idx) == 0:
         raise DataError(f"{spec.source}: too few rows for validation and test splits")
     split = {"train": train_idx, "val": val_idx, "test": test_idx}
-    print_["split"] = {k: int(len(v)) for k, v in split.items()}
+    print_["split"] = {k: len(v) for k, v in split.items()}
     print_["seed"] = seed
     return TaskData(
         task=task,

@@ -133,9 +133,9 @@ def run_distillation(
             "path": str(path),
             "test": _test_scores(path, raw),
             "texts_per_second_cpu": _throughput(path, test_texts[:1024]),
-            "encoder_layers": json.loads((path / next(iter(read_manifest(path).tasks)) / "config.json").read_text())[
-                "num_hidden_layers"
-            ],
+            "encoder_layers": json.loads(
+                (path / next(iter(read_manifest(path).tasks)) / "config.json").read_text()
+            )["num_hidden_layers"],
             "weights_bytes": sum(f.stat().st_size for f in path.rglob("model.safetensors")),
         }
         for name, path in rows.items()

@@ -56,7 +56,9 @@ def map_labels(
 ) -> tuple[np.ndarray, list[str]]:
     """Label ids in the model's order, and the raw values that could not be mapped."""
     names = {r: (label_map.get(r) if label_map is not None else r) for r in set(raw)}
-    target = {r: (_to_model_label(n, labels, task) if n is not None else None) for r, n in names.items()}
+    target = {
+        r: (_to_model_label(n, labels, task) if n is not None else None) for r, n in names.items()
+    }
     bad = sorted(r for r, t in target.items() if t is None)
     index = {label: i for i, label in enumerate(labels)}
     ids = np.array([index[target[r]] if target[r] is not None else -1 for r in raw], dtype=np.int64)
@@ -118,4 +120,10 @@ def evaluate_file(
     scorer = ArtifactScorer(model_dir, device=device, tasks=[task], batch_size=batch_size)
     probs = scorer.predict_proba(frame[text_col].astype(str).tolist())[task]
     report = task_report(y, probs.argmax(axis=1), tasks[task])
-    return {"model": str(model_dir), "version": manifest.version, "task": task, "data": data, **report}
+    return {
+        "model": str(model_dir),
+        "version": manifest.version,
+        "task": task,
+        "data": data,
+        **report,
+    }

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from finsentry.models.heads import TaskHeads
+from finsentry.models.runtime import quiet_transformers
 from finsentry.training.config import DEFAULT_BASE, TrainConfig
 
 IGNORE = -100
@@ -82,7 +83,10 @@ def build_models(
         for key in _DROPOUT_KEYS:
             if hasattr(model_config, key):
                 setattr(model_config, key, config.dropout)
-        models[task] = AutoModelForSequenceClassification.from_pretrained(base, config=model_config)
+        with quiet_transformers():
+            models[task] = AutoModelForSequenceClassification.from_pretrained(
+                base, config=model_config
+            )
         if config.student_layers is not None:
             shrink(models[task], config.student_layers)
     return TaskHeads(models, shared_encoder=len(models) > 1), tokenizer
@@ -129,7 +133,9 @@ def apply_lora(module: TaskHeads, config: TrainConfig) -> None:
 
     first = module.models[module.tasks[0]]
     base = first.base_model
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout
+    )
     wrapped = get_peft_model(base, lora)
     for name, p in wrapped.named_parameters():
         if ".pooler." in name:
@@ -382,8 +388,12 @@ def fit(
             if step % eval_every == 0 or step == total_steps:
                 tock = time.perf_counter()
                 record = evaluate_val(module, tokenizer, val, config, device)
-                record.update(step=step, epoch=step / steps_per_epoch, train_loss=running,
-                              lr=scheduler.get_last_lr()[0])
+                record.update(
+                    step=step,
+                    epoch=step / steps_per_epoch,
+                    train_loss=running,
+                    lr=scheduler.get_last_lr()[0],
+                )
                 history.append(record)
                 if record["val_score"] > best_score:
                     best_score, best_step, since_best = record["val_score"], step, 0
@@ -395,8 +405,11 @@ def fit(
                 spent = time.perf_counter() - tock
                 eval_seconds += spent
                 epoch_eval += spent
-                bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{record['val_score']:.4f}",
-                                best_f1=f"{best_score:.4f}")
+                bar.set_postfix(
+                    loss=f"{running:.4f}",
+                    val_f1=f"{record['val_score']:.4f}",
+                    best_f1=f"{best_score:.4f}",
+                )
                 if on_eval is not None:
                     on_eval(record)
                 if since_best >= config.patience:
@@ -431,8 +444,12 @@ def evaluate_val(
     record: dict[str, Any] = {"val": {}}
     for task, (texts, y) in val.items():
         probs = predict_probs(
-            module, tokenizer, texts, max_length=config.max_length,
-            batch_size=config.eval_batch_size, device=device,
+            module,
+            tokenizer,
+            texts,
+            max_length=config.max_length,
+            batch_size=config.eval_batch_size,
+            device=device,
         )[task]
         record["val"][task] = classification_scores(y, probs.argmax(axis=1))
     record["val_score"] = float(np.mean([m["macro_f1"] for m in record["val"].values()]))

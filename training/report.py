@@ -22,9 +22,7 @@ def task_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -
     return {
         **classification_scores(y_true, y_pred),
         "n": len(y_true),
-        "per_class": {
-            name: {k: float(v) for k, v in per_class[name].items()} for name in labels
-        },
+        "per_class": {name: {k: float(v) for k, v in per_class[name].items()} for name in labels},
         "confusion": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         "labels": list(labels),
     }
@@ -72,8 +70,18 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: Path) -> No
     left.set_title("training loss")
     tasks = list(history[0]["val"]) if history else []
     for task in tasks:
-        right.plot(steps, [h["val"][task]["macro_f1"] for h in history], marker="o", label=f"{task} macro-F1")
-        right.plot(steps, [h["val"][task]["accuracy"] for h in history], linestyle="--", label=f"{task} accuracy")
+        right.plot(
+            steps,
+            [h["val"][task]["macro_f1"] for h in history],
+            marker="o",
+            label=f"{task} macro-F1",
+        )
+        right.plot(
+            steps,
+            [h["val"][task]["accuracy"] for h in history],
+            linestyle="--",
+            label=f"{task} accuracy",
+        )
     right.set_xlabel("step")
     right.set_title("validation")
     right.legend(fontsize=8)
@@ -98,11 +106,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def model_card(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     """README.md of an artifact: what it is, how it was made, and how well it does."""
     tasks = metrics["tasks"]
+    encoder = "one, shared by the task heads" if manifest["shared_encoder"] else "one per task"
     parts = [
         f"# finsentry classifier `{manifest['version']}`",
         "",
         f"Tasks: {', '.join(tasks)}. Base: `{manifest['base_model']}`. "
-        f"Encoder {'shared by the task heads (multitask)' if manifest['shared_encoder'] else 'per task'}. "
+        f"Encoder: {encoder}. "
         f"Created {manifest['created_at']}. Text preprocessing: `{manifest['preprocess']}`; "
         f"max length {manifest['max_length']} tokens.",
         "",
@@ -118,16 +127,37 @@ def model_card(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     rows = []
     for task, info in tasks.items():
         for name, scores in info.get("baselines", {}).items():
-            rows.append([task, name, _fmt(scores["accuracy"]), _fmt(scores["macro_f1"]), _fmt(scores["weighted_f1"])])
+            rows.append(
+                [
+                    task,
+                    name,
+                    _fmt(scores["accuracy"]),
+                    _fmt(scores["macro_f1"]),
+                    _fmt(scores["weighted_f1"]),
+                ]
+            )
         test = info["test"]
-        rows.append([task, f"**{metrics.get('model_name', 'fine-tuned')}**", f"**{_fmt(test['accuracy'])}**",
-                     f"**{_fmt(test['macro_f1'])}**", f"**{_fmt(test['weighted_f1'])}**"])
+        rows.append(
+            [
+                task,
+                f"**{metrics.get('model_name', 'fine-tuned')}**",
+                f"**{_fmt(test['accuracy'])}**",
+                f"**{_fmt(test['macro_f1'])}**",
+                f"**{_fmt(test['weighted_f1'])}**",
+            ]
+        )
     parts += [_table(["task", "model", "accuracy", "macro-F1", "weighted-F1"], rows), ""]
     for task, info in tasks.items():
         test = info["test"]
         parts += [f"### {task}: classification report (test, n={test['n']})", ""]
         per_class = [
-            [name, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1-score"]), str(int(v["support"]))]
+            [
+                name,
+                _fmt(v["precision"]),
+                _fmt(v["recall"]),
+                _fmt(v["f1-score"]),
+                str(int(v["support"])),
+            ]
             for name, v in test["per_class"].items()
         ]
         per_class.append(["accuracy", "", "", _fmt(test["accuracy"]), str(test["n"])])
@@ -151,10 +181,20 @@ def model_card(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
         "",
     ]
     for task, fp in manifest["data"].items():
-        parts.append(f"- **{task}**: `{fp['source']}`, {fp['rows']} usable rows "
-                     f"(sha256 {fp['sha256']}), split {fp['split']} with seed {fp['seed']}; "
-                     f"columns {fp['columns']}")
-    parts += ["", "## Hyperparameters", "", "```json", json.dumps(manifest["params"], indent=2, default=str), "```", ""]
+        parts.append(
+            f"- **{task}**: `{fp['source']}`, {fp['rows']} usable rows "
+            f"(sha256 {fp['sha256']}), split {fp['split']} with seed {fp['seed']}; "
+            f"columns {fp['columns']}"
+        )
+    parts += [
+        "",
+        "## Hyperparameters",
+        "",
+        "```json",
+        json.dumps(manifest["params"], indent=2, default=str),
+        "```",
+        "",
+    ]
     if metrics.get("notes"):
         parts += ["## Notes", "", metrics["notes"], ""]
     return "\n".join(parts)

