@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import faust
 import httpx
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
-from faust.types.auth import CredentialsT
 from pydantic import ValidationError
 
 from finsentry.alerts.outbox import Outbox, targets_from_settings
@@ -38,42 +36,13 @@ from finsentry.alerts.rules import (
     window_stats,
 )
 from finsentry.alerts.store import apply_alerts_template_async
+from finsentry.es_client import make_async_es_client
 from finsentry.messages import Alert, ScoredItem
 from finsentry.metrics import ALERTS
 from finsentry.settings import Settings
+from finsentry.streams.app import create_app as create_faust_app
 
 log = logging.getLogger(__name__)
-
-
-def kafka_credentials(settings: Settings) -> CredentialsT | None:
-    """Faust's spelling of the Kafka security settings."""
-    protocol = settings.kafka_security_protocol.upper()
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        context = ssl.create_default_context(cafile=cafile)
-    if protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            ssl_context=context,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
-
-
-def es_client(settings: Settings) -> AsyncElasticsearch:
-    options: dict[str, Any] = {}
-    if settings.es_api_key is not None:
-        options["api_key"] = settings.es_api_key.get_secret_value()
-    elif settings.es_username and settings.es_password is not None:
-        options["basic_auth"] = (settings.es_username, settings.es_password.get_secret_value())
-    if settings.es_ca_certs:
-        options["ca_certs"] = str(settings.es_ca_certs)
-    return AsyncElasticsearch(settings.es_url, **options)
 
 
 @dataclass
@@ -140,17 +109,16 @@ class Alerter:
 def create_app(settings: Settings, rules: AlertRules) -> Alerter:
     """Build the alerter; run it with `faust.Worker(alerter.app).execute_from_commandline()`."""
     app_id = f"{settings.app_id}-alerts"
-    app = faust.App(
+    app = create_faust_app(
+        settings,
         app_id,
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
-        broker_credentials=kafka_credentials(settings),
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=settings.topic_partitions,
         table_cleanup_interval=float(min(30, rules.bucket_s)),
+        # Do not wait for buffered events at shutdown (it can hang); they are re-read on
+        # restart, and replayed alerts are deduplicated by their deterministic ids.
+        stream_wait_empty=False,
         autodiscover=False,
     )
-    es = es_client(settings)
+    es = make_async_es_client(settings)
     http = httpx.AsyncClient()
     outbox = Outbox(
         es, settings.alerts_index, targets_from_settings(settings), rules.delivery, http
@@ -190,7 +158,9 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
                 log.warning("skipping a scored message that is not a ScoredItem: %s", error)
                 continue
             for entry in keyed_items(item, rules, now=time.time()):
-                await keyed.send(key=entry.table_key.encode(), value=entry.model_dump_json())
+                await keyed.send(
+                    key=entry.table_key.encode(), value=entry.model_dump_json().encode()
+                )
 
     @app.agent(keyed)
     async def count(stream: faust.StreamT[bytes]) -> None:
@@ -220,6 +190,7 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
 
     @app.task
     async def deliver() -> None:
+        await alerts_topic.maybe_declare()
         await alerter.deliver_forever()
 
     @app.on_before_shutdown.connect

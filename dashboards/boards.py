@@ -259,6 +259,7 @@ def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     link = {"title": "Open item", "url": "${__data.fields.url}", "targetBlank": True}
     newest_negative = (
         table.Panel()
+        .show_header(True)
         .title("Newest negative items")
         .description("The 50 newest bearish items; click a title to open the item.")
         .datasource(ds_ref(ITEMS_DS_UID))
@@ -359,6 +360,7 @@ def pipeline_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     )
     versions = (
         table.Panel()
+        .show_header(True)
         .title("Model versions")
         .description("Versions serving in the time range: items, mean latency, last seen.")
         .datasource(ds_ref(ITEMS_DS_UID))
@@ -401,6 +403,7 @@ def pipeline_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     )
     newest_dead = (
         table.Panel()
+        .show_header(True)
         .title("Newest dead letters")
         .datasource(ds_ref(DEAD_LETTERS_DS_UID))
         .with_target(_dead_letters("A", "*", [raw_data("1", 50)], []))

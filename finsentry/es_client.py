@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from finsentry.settings import Settings
 
 if TYPE_CHECKING:
-    from elasticsearch import Elasticsearch
+    from elasticsearch import AsyncElasticsearch, Elasticsearch
 
 
 def es_client_options(settings: Settings) -> dict[str, Any]:
@@ -58,3 +58,10 @@ def make_es_client(settings: Settings) -> Elasticsearch:
     from elasticsearch import Elasticsearch
 
     return Elasticsearch(**es_client_options(settings))
+
+
+def make_async_es_client(settings: Settings) -> AsyncElasticsearch:
+    """The asyncio twin of `make_es_client`, with the same options."""
+    from elasticsearch import AsyncElasticsearch
+
+    return AsyncElasticsearch(**es_client_options(settings))

@@ -56,13 +56,13 @@ ITEM_MAPPINGS: dict[str, Any] = {
 DEAD_LETTER_MAPPINGS: dict[str, Any] = {
     "dynamic": "strict",
     "properties": {
-        "reason": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 512}}},
+        "reason": _text_with_keyword(1024),
         "error": _KEYWORD,
         "source_topic": _KEYWORD,
         "partition": {"type": "integer"},
         "offset": {"type": "long"},
-        "key": _KEYWORD,
-        "original_b64": {"type": "binary"},
+        "key": {"type": "keyword", "ignore_above": 1024},
+        "original_b64": {"type": "keyword", "index": False, "doc_values": False},
         "failed_at": _DATE,
     },
 }
@@ -89,7 +89,8 @@ def _apply(es: Elasticsearch, index: str, body: dict[str, Any]) -> None:
     """Install the template and create the index if it is missing. Safe at every start."""
     es.indices.put_index_template(name=index, **body)
     if not es.indices.exists(index=index):
-        es.indices.create(index=index)
+        # Several processes start at once: the index may appear between check and create.
+        es.options(ignore_status=400).indices.create(index=index)
 
 
 def apply_items_template(es: Elasticsearch, index: str) -> None:

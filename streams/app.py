@@ -54,12 +54,12 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
+def create_app(settings: Settings, app_id: str | None = None, **options: Any) -> faust.App:
+    """A Faust app on the configured brokers; `options` override or add Faust settings."""
     app_id = app_id or settings.app_id
-    return faust.App(
-        app_id,
+    defaults: dict[str, Any] = dict(
         datadir=str(settings.state_dir / "faust" / f"{app_id}-data"),
-        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
         store="memory://",
         web_enabled=False,
@@ -73,6 +73,7 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
     )
+    return faust.App(app_id, **{**defaults, **options})
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:

@@ -87,8 +87,8 @@ def run(
 ) -> None:
     """The main job: local services, a model (trained first if there is none), the worker,
     the alerter, a feed, and a live terminal view. Ctrl-C stops everything."""
-    from finsentry.training.defaults import ensure_default_artifact
     from finsentry.streams.live_view import run_live_view
+    from finsentry.training.defaults import ensure_default_artifact
 
     settings = _settings(ctx)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

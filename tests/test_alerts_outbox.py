@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ from elasticsearch import AsyncElasticsearch
 from finsentry.alerts.outbox import Outbox, Target
 from finsentry.alerts.rules import AlertRules, DeliveryPolicy, WindowStats, decide
 from finsentry.alerts.store import AlertDocument, apply_alerts_template_async
+from finsentry.es_client import make_async_es_client
 from finsentry.messages import Alert
 from finsentry.settings import Settings
 
@@ -63,13 +63,10 @@ def hook() -> Iterator[Hook]:
 
 
 @pytest.fixture
-async def es() -> AsyncIterator[tuple[AsyncElasticsearch, str]]:
-    client = AsyncElasticsearch(Settings().es_url)
-    index = f"fs-test-outbox-{uuid.uuid4().hex[:10]}"
-    await apply_alerts_template_async(client, index)
-    yield client, index
-    await client.indices.delete(index=index, ignore_unavailable=True)
-    await client.indices.delete_index_template(name=index, ignore=[404])
+async def es(settings: Settings) -> AsyncIterator[tuple[AsyncElasticsearch, str]]:
+    client = make_async_es_client(settings)
+    await apply_alerts_template_async(client, settings.alerts_index)
+    yield client, settings.alerts_index
     await client.close()
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,37 +87,23 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Path) -> 
 
 
 @pytest.fixture
-def names() -> Iterator[dict[str, str]]:
-    suffix = uuid.uuid4().hex[:10]
-    names = {
-        "app_id": f"fs-test-{suffix}",
-        "scored": f"fs-test-scored-{suffix}",
-        "alerts_topic": f"fs-test-alerts-{suffix}",
-        "alerts_index": f"fs-test-alerts-{suffix}",
-    }
-    yield names
-    settings = Settings()
-    es = Elasticsearch(settings.es_url)
-    es.indices.delete(index=names["alerts_index"], ignore_unavailable=True)
-    es.indices.delete_index_template(name=names["alerts_index"], ignore=[404])
-    es.close()
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options()
-    )
-    ours = [t for t in admin.list_topics() if t.startswith("fs-test-") and suffix in t]
+def kafka(settings: Settings, kafka_bootstrap: str) -> Iterator[dict[str, Any]]:
+    """kafka-python options; the test's topics (all carry the app id's tag) are deleted after."""
+    options = {"bootstrap_servers": kafka_bootstrap, **settings.kafka_client_options()}
+    yield options
+    tag = settings.app_id.removeprefix("finsentry-")
+    admin = KafkaAdminClient(**options)
+    ours = [t for t in admin.list_topics() if tag in t]
     if ours:
         admin.delete_topics(ours)
     admin.close()
 
 
 def test_one_notification_per_episode_even_when_a_webhook_was_down(
-    names: dict[str, str], tmp_path: Path
+    settings: Settings, kafka: dict[str, Any], es: Elasticsearch, tmp_path: Path
 ) -> None:
-    settings = Settings()
-    es = Elasticsearch(settings.es_url)
-    kafka = {"bootstrap_servers": settings.kafka_bootstrap, **settings.kafka_client_options()}
     admin = KafkaAdminClient(**kafka)
-    admin.create_topics([NewTopic(names["scored"], num_partitions=1, replication_factor=1)])
+    admin.create_topics([NewTopic(settings.topic_scored, num_partitions=1, replication_factor=1)])
     admin.close()
 
     generic = Receiver()
@@ -132,10 +117,11 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
     rules_file.write_text(rules.model_dump_json())
     env = {
         **os.environ,
-        "FINSENTRY_APP_ID": names["app_id"],
-        "FINSENTRY_TOPIC_SCORED": names["scored"],
-        "FINSENTRY_TOPIC_ALERTS": names["alerts_topic"],
-        "FINSENTRY_ALERTS_INDEX": names["alerts_index"],
+        "FINSENTRY_APP_ID": settings.app_id,
+        "FINSENTRY_TOPIC_SCORED": settings.topic_scored,
+        "FINSENTRY_TOPIC_ALERTS": settings.topic_alerts,
+        "FINSENTRY_ALERTS_INDEX": settings.alerts_index,
+        "FINSENTRY_MANAGE_SERVICES": "false",
         "FINSENTRY_TOPIC_PARTITIONS": "1",
         "FINSENTRY_ALERT_RULES_FILE": str(rules_file),
         "FINSENTRY_WEBHOOK_URLS": json.dumps([f"http://127.0.0.1:{generic.port}/hook"]),
@@ -155,13 +141,13 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
         producer = KafkaProducer(**kafka, value_serializer=str.encode, key_serializer=str.encode)
         items = scenario(time.time(), with_steady=False)
         for it in items:
-            producer.send(names["scored"], key=it.id, value=it.model_dump_json())
+            producer.send(settings.topic_scored, key=it.id, value=it.model_dump_json())
         producer.flush()
         producer.close()
 
         def pending() -> dict[str, Any] | None:
             try:
-                found = es.search(index=names["alerts_index"], query={"match_all": {}})
+                found = es.search(index=settings.alerts_index, query={"match_all": {}})
             except ApiError:  # not created yet, or its shard is still starting
                 return None
             hits = found["hits"]["hits"]
@@ -177,7 +163,7 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
         slack = Receiver(slack_port)
 
         def delivered() -> bool:
-            found = es.get(index=names["alerts_index"], id=doc["id"])["_source"]
+            found = es.get(index=settings.alerts_index, id=doc["id"])["_source"]
             return bool(found["delivered"])
 
         wait_for("the Slack webhook to get the alert", delivered, 30, log)
@@ -193,7 +179,7 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
         assert "BURST" in slack.received[0]["body"]["text"]
 
         consumer = KafkaConsumer(
-            names["alerts_topic"],
+            settings.topic_alerts,
             **kafka,
             auto_offset_reset="earliest",
             consumer_timeout_ms=3000,
@@ -212,4 +198,3 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
         generic.close()
         if slack is not None:
             slack.close()
-        es.close()

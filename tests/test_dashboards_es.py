@@ -33,11 +33,9 @@ from finsentry.dashboards.esquery import (
     search_body,
     terms_variable_body,
 )
-from finsentry.dashboards.indices import apply_dead_letters_template
 from finsentry.dashboards.provisioning import render_tree
-from finsentry.index.template import apply_items_template
+from finsentry.index.template import apply_dead_letters_template, apply_items_template
 from finsentry.messages import DeadLetter, ScoredItem
-from finsentry.settings import Settings
 from tests.test_alerts_rules import FIRING, WindowStats, item, scenario
 
 pytestmark = pytest.mark.integration
@@ -48,17 +46,6 @@ SELECTIONS: dict[str, list[str] | None] = {
     "aapl": ["AAPL"],
     "aapl+msft": ["AAPL", "MSFT"],
 }
-
-
-@pytest.fixture(scope="module")
-def es() -> Iterator[Elasticsearch]:
-    client = Elasticsearch(Settings().es_url, request_timeout=30)
-    try:
-        client.cluster.health(wait_for_status="yellow", timeout="30s")
-    except Exception as error:
-        pytest.skip(f"Elasticsearch is not reachable: {error}")
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +176,7 @@ def indices(es: Elasticsearch, now_ms: int) -> Iterator[dict[str, Any]]:
     finally:
         for name in names.values():
             es.indices.delete(index=name, ignore_unavailable=True)
-            es.indices.delete_index_template(name=name, ignore=[404])
+            es.options(ignore_status=404).indices.delete_index_template(name=name)
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -52,7 +52,6 @@ def test_a_batch_the_model_fails_on_is_split_and_only_the_bad_items_dead_lettere
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     long_ids = set()
     short_ids = set()
-    sent = 0
     for i in range(SHORT + len(LONG_AT)):
         if i in LONG_AT:
             item = {"id": f"long{i}", "text": LONG_TEXT}
@@ -61,15 +60,16 @@ def test_a_batch_the_model_fails_on_is_split_and_only_the_bad_items_dead_lettere
             item = {"id": f"short{i}", "text": f"$AAPL item {i}: shares up on earnings"}
             short_ids.add(item["id"])
         producer.send(settings.topic_raw, key=item["id"].encode(), value=json.dumps(item).encode())
-        sent += 1
     producer.flush()
     producer.close()
 
     worker = WorkerProcess(settings, artifact, tmp_path / "worker.log")
     try:
         wait_until(
-            lambda: count(es, settings.items_index) >= SHORT
-            and count(es, settings.dead_letters_index) >= len(LONG_AT),
+            lambda: (
+                count(es, settings.items_index) >= SHORT
+                and count(es, settings.dead_letters_index) >= len(LONG_AT)
+            ),
             240,
             "short items indexed and long ones dead-lettered",
             worker,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from finsentry.streams.parser import ParseError, parse_raw
 from tests.conftest import unique_settings
 from tests.support.outcomes import record
 from tests.support.poison import MiB, Poison, final_valid, poison_cases
-from tests.support.streams import committed_offsets, documents, kafka_admin
+from tests.support.streams import documents, kafka_admin
 from tests.support.worker_process import WorkerProcess
 
 AREA = "bad input"
@@ -107,8 +107,10 @@ def _last_failure(log: str) -> str:
     for line in log[start:].splitlines()[1:]:
         if line.startswith("[20"):
             break
-        if line and not line[0].isspace() and not line.startswith(
-            ("Traceback", "During handling", "The above exception")
+        if (
+            line
+            and not line[0].isspace()
+            and not line.startswith(("Traceback", "During handling", "The above exception"))
         ):
             summary = line
     return summary[:300]
@@ -118,77 +120,99 @@ def _failures(worker: WorkerProcess) -> int:
     return worker.log_text().count("failed; retrying")
 
 
-def _watch(worker: WorkerProcess, admin: Any, settings: Settings, end: int) -> Stall | None:
-    """Follow the group's committed offset until it passes `end` (None) or stalls."""
-    committed = -1
+class Outputs:
+    """What the worker has published: dead letters by source offset, scored items by id.
+    Publishing is the last step of a batch, so a message with output is done."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            fetch_max_bytes=64 * MiB,
+            max_partition_fetch_bytes=32 * MiB,
+        )
+        self.dead_topic = settings.topic_dead_letters
+        self.consumer.assign(
+            [TopicPartition(settings.topic_scored, 0), TopicPartition(self.dead_topic, 0)]
+        )
+        self.consumer.seek_to_beginning()
+        self.letters: dict[int, DeadLetter] = {}
+        self.scored: Counter[str] = Counter()
+
+    def poll(self) -> None:
+        for tp, messages in self.consumer.poll(timeout_ms=500).items():
+            for message in messages:
+                if tp.topic == self.dead_topic:
+                    letter = DeadLetter.model_validate_json(message.value)
+                    self.letters[letter.offset] = letter
+                else:
+                    self.scored[message.key.decode()] += 1
+
+    def done(self, cases: list[Poison], final_id: str) -> int:
+        """How many messages from the start are done (the first one not done, that is)."""
+        ids = [c.item_id for c in cases] + [final_id]
+        for offset, item_id in enumerate(ids):
+            if offset not in self.letters and (item_id is None or not self.scored[item_id]):
+                return offset
+        return len(ids)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _watch(
+    worker: WorkerProcess, outputs: Outputs, cases: list[Poison], final_id: str
+) -> int | None:
+    """Follow the outputs until every message is done (None) or one stalls (its offset)."""
+    done = -1
     progress_at = time.monotonic()
     failures_at_progress = _failures(worker)
     while True:
         if worker.proc.poll() is not None:
             raise AssertionError(f"the worker exited:\n{worker.log_text()[-4000:]}")
-        now = committed_offsets(admin, settings.app_id, settings.topic_raw).get(0, 0)
-        if now > end:
+        outputs.poll()
+        now = outputs.done(cases, final_id)
+        if now > len(cases):
             return None
-        if now != committed:
-            committed, progress_at, failures_at_progress = now, time.monotonic(), _failures(worker)
+        if now != done:
+            done, progress_at, failures_at_progress = now, time.monotonic(), _failures(worker)
         idle = time.monotonic() - progress_at
         if idle > STALL_SECONDS and _failures(worker) > failures_at_progress:
-            return Stall(committed, _last_failure(worker.log_text()))
+            return done
         if idle > 180:
             raise AssertionError(f"no progress, no failure for 180s:\n{worker.log_text()[-4000:]}")
-        time.sleep(0.5)
 
 
-def _skip(admin: Any, settings: Settings, offset: int) -> None:
-    """Commit `offset` for the (now empty) group, as an operator skipping a poison pill."""
+def _start_after(admin: Any, settings: Settings, offset: int) -> Settings:
+    """Settings for a new consumer group whose committed offset is `offset` (an operator
+    skipping a poison pill; a new group because the killed worker's one is not empty yet)."""
+    fresh = settings.model_copy(update={"app_id": f"{settings.app_id}-after{offset}"})
     tp = TopicPartition(settings.topic_raw, 0)
-    deadline = time.monotonic() + 90
-    while True:
-        errors = admin.alter_group_offsets(settings.app_id, {tp: OffsetAndMetadata(offset, "", -1)})
-        if all(e.__name__ == "NoError" for e in errors.values()):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"could not move the group past a stall: {errors}")
-        time.sleep(2)
+    errors = admin.alter_group_offsets(fresh.app_id, {tp: OffsetAndMetadata(offset, "", -1)})
+    assert all(e.__name__ == "NoError" for e in errors.values()), errors
+    return fresh
 
 
 def _run_worker_through(
-    settings: Settings, artifact: Path, logs: Path, end: int
-) -> tuple[list[Stall], int]:
-    """Run workers until the group has committed past `end`; returns the stalls and how
-    many worker processes it took."""
+    settings: Settings, artifact: Path, logs: Path, cases: list[Poison], final_id: str
+) -> tuple[list[Stall], Outputs]:
+    """Run workers until every message is done, skipping stalls; returns the stalls."""
     stalls: list[Stall] = []
+    outputs = Outputs(settings)
+    current = settings
     with kafka_admin(settings) as admin:
         for attempt in range(1, 30):
-            worker = WorkerProcess(settings, artifact, logs / f"worker-{attempt}.log")
+            worker = WorkerProcess(current, artifact, logs / f"worker-{attempt}.log")
             try:
-                stall = _watch(worker, admin, settings, end)
+                stalled_at = _watch(worker, outputs, cases, final_id)
             finally:
+                worker.kill()
                 worker.terminate()
-            if stall is None:
-                return stalls, attempt
-            stalls.append(stall)
-            _skip(admin, settings, stall.offset + 1)
+            if stalled_at is None:
+                return stalls, outputs
+            stalls.append(Stall(stalled_at, _last_failure(worker.log_text())))
+            current = _start_after(admin, settings, stalled_at + 1)
     raise AssertionError(f"too many stalls: {stalls}")
-
-
-def _dead_letter_topic(settings: Settings, expected: int) -> list[DeadLetter]:
-    consumer = KafkaConsumer(
-        settings.topic_dead_letters,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=10_000,
-        fetch_max_bytes=64 * MiB,
-        max_partition_fetch_bytes=32 * MiB,
-    )
-    letters = []
-    for message in consumer:
-        letters.append(DeadLetter.model_validate_json(message.value))
-        if len(letters) >= expected:
-            break
-    consumer.close()
-    return letters
 
 
 def _observe(
@@ -229,13 +253,15 @@ def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
     monkeypatch.setenv("FINSENTRY_TOPIC_PARTITIONS", "1")
     cases = poison_cases(settings.max_text_chars)
     with kafka_admin(settings) as admin:
+        one_partition = {"num_partitions": 1, "replication_factor": 1}
         admin.create_topics(
             {
                 settings.topic_raw: {
-                    "num_partitions": 1,
-                    "replication_factor": 1,
+                    **one_partition,
                     "configs": {"max.message.bytes": str(TOPIC_LIMIT)},
-                }
+                },
+                settings.topic_scored: one_partition,
+                settings.topic_dead_letters: one_partition,
             }
         )
     producer = KafkaProducer(
@@ -246,58 +272,25 @@ def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
         sent = producer.send(settings.topic_raw, key=case.key, value=case.value).get(timeout=60)
         offsets.append(sent.offset)
     final_id, final_value = final_valid()
-    end = producer.send(settings.topic_raw, value=final_value).get(timeout=30).offset
+    producer.send(settings.topic_raw, value=final_value).get(timeout=30)
     producer.close()
     assert offsets == list(range(len(cases)))
 
+    outputs: Outputs | None = None
     try:
-        stalls, workers = _run_worker_through(settings, tiny_artifact, tmp_path, end)
+        stalls, outputs = _run_worker_through(settings, tiny_artifact, tmp_path, cases, final_id)
         stalled = {s.offset: s for s in stalls}
         letters = {
             d["offset"]: d
             for d in documents(es, settings.dead_letters_index)
             if d["source_topic"] == settings.topic_raw
         }
-        expected_letters = len([o for o in letters if o not in stalled])
-        published = {
-            letter.offset: letter for letter in _dead_letter_topic(settings, expected_letters)
-        }
         ids = [c.item_id for c in cases if c.item_id] + [final_id]
         found = es.mget(index=settings.items_index, ids=ids)["docs"]
         items = {d["_id"]: d["_source"] for d in found if d.get("found")}
-
-        results = []
-        for case, offset in zip(cases, offsets, strict=True):
-            observed, ok = _observe(case, offset, stalled, letters, published, items)
-            if case.name == "same_id_second":
-                text = items.get("p-same-id", {}).get("text", "")
-                ok = ok and text == "second version $AAPL"
-                observed += f"; the index holds one document, text {text!r}"
-            record(AREA, case.describe(), " or ".join(case.expect), observed, ok)
-            results.append((case.name, ok, observed))
-        for offset, letter in letters.items():
-            assert letter["reason"] and letter["error"], letter
-            original = base64.b64decode(letter["original_b64"])
-            case_value = cases[offset].value if offset < len(cases) else final_value
-            assert (case_value or b"").startswith(original)
-
-        final_ok = final_id in items
-        record(
-            AREA,
-            "a valid message after all the poison",
-            "indexed",
-            "indexed" if final_ok else "NOT indexed",
-            final_ok,
-        )
-        record(
-            AREA,
-            f"the worker through {len(cases)} poison messages",
-            "keeps running: one worker process, no restart",
-            f"{workers} worker process(es); {len(stalls)} stall(s) at offsets "
-            f"{sorted(stalled)}",
-            workers == 1,
-        )
     finally:
+        if outputs is not None:
+            outputs.close()
         for index in (settings.items_index, settings.dead_letters_index):
             es.options(ignore_status=404).indices.delete(index=index)
             es.options(ignore_status=404).indices.delete_index_template(name=index)
@@ -307,9 +300,39 @@ def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
                 raise_errors=False,
             )
 
+    results = []
+    for case, offset in zip(cases, offsets, strict=True):
+        observed, ok = _observe(case, offset, stalled, letters, outputs.letters, items)
+        if case.name == "same_id_second":
+            text = items.get("p-same-id", {}).get("text", "")
+            ok = ok and text == "second version $AAPL"
+            observed += f"; the index holds one document, text {text!r}"
+        record(AREA, case.describe(), " or ".join(case.expect), observed, ok)
+        results.append((case.name, ok, observed))
+    for offset, letter in letters.items():
+        original = base64.b64decode(letter["original_b64"])
+        assert letter["reason"] and letter["error"], letter
+        assert (cases[offset].value or b"").startswith(original), cases[offset].name
+
+    final_ok = final_id in items
+    record(
+        AREA,
+        "a valid message after all the poison",
+        "indexed",
+        "indexed" if final_ok else "NOT indexed",
+        final_ok,
+    )
+    record(
+        AREA,
+        f"the worker through {len(cases)} poison messages",
+        "keeps running: one worker process, never stuck",
+        f"{len(stalls) + 1} worker process(es); stalled at offsets {sorted(stalled)} "
+        f"({', '.join(cases[o].name for o in sorted(stalled)) or 'none'})",
+        not stalls,
+    )
     failed = [f"{name}: {observed}" for name, ok, observed in results if not ok]
     assert not failed, "poison not handled:\n" + "\n".join(failed)
-    assert final_ok and workers == 1
+    assert final_ok and not stalls
 
 
 # --- the parser, by property ---------------------------------------------------------------
@@ -345,9 +368,7 @@ def _raw_messages(draw: st.DrawFn) -> bytes:
     return ("{" + ", ".join(parts) + "}").encode("utf-8", "surrogatepass")
 
 
-@hypothesis_settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@hypothesis_settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_raw_messages())
 def test_the_parser_never_raises_and_what_it_accepts_can_be_written(raw: bytes) -> None:
     """Stronger than tests/test_parser.py: odd JSON (huge numbers, deep nesting, lone

@@ -410,6 +410,8 @@ def fit(
                     val_f1=f"{record['val_score']:.4f}",
                     best_f1=f"{best_score:.4f}",
                 )
+                if config.progress:
+                    tqdm.write(_eval_line(record))
                 if on_eval is not None:
                     on_eval(record)
                 if since_best >= config.patience:
@@ -431,6 +433,14 @@ def fit(
         steps=step,
         stopped_early=stopped,
     )
+
+
+def _eval_line(record: Mapping[str, Any]) -> str:
+    scores = "  ".join(
+        f"{task} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}"
+        for task, m in record["val"].items()
+    )
+    return f"step {record['step']} (epoch {record['epoch']:.2f}) validation: {scores}"
 
 
 def evaluate_val(

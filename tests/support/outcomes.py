@@ -48,7 +48,8 @@ RESULTS: dict[str, RunResult] = {}
 
 # Tests of other files that cover part of the reliability issue: their result becomes a row.
 REFERENCED: dict[str, tuple[str, str, str]] = {
-    "tests/test_worker_crash.py::test_sigkill_mid_stream_then_restart_indexes_every_item_exactly_once": (
+    "tests/test_worker_crash.py::"
+    "test_sigkill_mid_stream_then_restart_indexes_every_item_exactly_once": (
         "worker crash",
         "worker SIGKILLed mid-stream (1500 items), restarted",
         "every item indexed exactly once (ids exact)",

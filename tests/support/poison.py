@@ -59,7 +59,7 @@ def poison_cases(max_text_chars: int) -> list[Poison]:
         _dead("truncated_json", b'{"id": "x", "text": "cut off', "invalid_json"),
         _dead("trailing_garbage", b'{"id": "x", "text": "ok"} trailing', "invalid_json"),
         _dead("empty_value", b"", "empty"),
-        _dead("tombstone", None, "empty", "Kafka record with a null value"),
+        Poison("tombstone", None, ("empty",), key=b"k", note="Kafka record with a null value"),
         _dead("deep_json_100k", _nested(100_000).encode(), "invalid_json", "100k nested arrays"),
         _dead(
             "huge_integer",
@@ -153,9 +153,7 @@ def poison_cases(max_text_chars: int) -> list[Poison]:
             "raw topic and producer limits raised to 16 MiB for this case",
         ),
         # --- odd but valid: must be scored -------------------------------------------------
-        _scored(
-            "token_19k_chars", text="$MSFT " + "E" * 19_000, note="one 19k-character token"
-        ),
+        _scored("token_19k_chars", text="$MSFT " + "E" * 19_000, note="one 19k-character token"),
         _scored(
             "control_chars_mixed",
             text="Apple\x00 shares\x07 up\x1b[31m 3%",

@@ -10,10 +10,10 @@ fetched again).
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import ssl
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +23,9 @@ from rich.console import Console
 
 from finsentry.services import process
 from finsentry.services.base import Launch, LocalService
-from finsentry.services.elasticsearch import LocalElasticsearch
+from finsentry.services.elasticsearch import LocalElasticsearch, chown_tree
 from finsentry.services.kafka import LocalKafka
+from finsentry.services.process import ServiceError
 from finsentry.settings import Settings
 from tests.support.tls import TlsFiles
 
@@ -80,9 +81,19 @@ class TlsElasticsearch(LocalElasticsearch):
     a production cluster has: the node certificate and key in its config dir, and clients
     that verify it against the CA."""
 
-    def __init__(self, settings: Settings, tls: TlsFiles, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tls: TlsFiles,
+        console: Console | None = None,
+        *,
+        roles_yml: str = "",
+        users: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
         super().__init__(settings, console)
         self.tls = tls
+        self.roles_yml = roles_yml
+        self.users = users or {}  # name -> (password, comma-separated roles): file realm
 
     @property
     def url(self) -> str:
@@ -104,11 +115,30 @@ class TlsElasticsearch(LocalElasticsearch):
             f'xpack.security.http.ssl.certificate_authorities: ["certs/{self.tls.ca_cert.name}"]\n'
         )
         yml.write_text(text)
+        (self.config_dir / "roles.yml").write_text(self.roles_yml)
+        self._add_file_users(launch)
         account = self._user()
         if account is not None:
-            for path in (certs, *certs.iterdir(), yml):
-                os.chown(path, account.pw_uid, account.pw_gid)
+            chown_tree(self.config_dir, account.pw_uid, account.pw_gid)
         return launch
+
+    def _add_file_users(self, launch: Launch) -> None:
+        """File-realm users (the integ-test zip cannot keep native users or API keys: its
+        security index needs the analysis-common module, which that distribution lacks)."""
+        existing = (self.config_dir / "users").read_text() if self.users else ""
+        tool = str(self.home / "bin" / "elasticsearch-users")
+        for name, (password, roles) in self.users.items():
+            if f"{name}:" in existing:
+                continue
+            done = subprocess.run(
+                [tool, "useradd", name, "-p", password, "-r", roles],
+                env=dict(launch.env),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise ServiceError(f"elasticsearch-users useradd {name} failed: {done.stderr}")
 
     def healthy(self) -> bool:
         if not process.port_open(self.settings.elasticsearch_port):
@@ -154,8 +184,16 @@ def private_elasticsearch(base: Settings, **overrides: object) -> LocalElasticse
     )
 
 
-def private_tls_elasticsearch(base: Settings, tls: TlsFiles, password: str) -> TlsElasticsearch:
-    """A secured node (user `elastic`, bootstrap `password`) serving HTTPS with `tls`."""
+def private_tls_elasticsearch(
+    base: Settings,
+    tls: TlsFiles,
+    password: str,
+    *,
+    roles_yml: str = "",
+    users: dict[str, tuple[str, str]] | None = None,
+) -> TlsElasticsearch:
+    """A secured node (user `elastic`, bootstrap `password`; file-realm `users` with
+    `roles_yml`) serving HTTPS with `tls`."""
     from pydantic import SecretStr
 
     settings = elasticsearch_settings(
@@ -166,7 +204,7 @@ def private_tls_elasticsearch(base: Settings, tls: TlsFiles, password: str) -> T
         es_username="elastic",
         es_ca_certs=tls.ca_cert,
     )
-    service = TlsElasticsearch(settings, tls)
+    service = TlsElasticsearch(settings, tls, roles_yml=roles_yml, users=users)
     settings = settings.model_copy(update={"es_url": service.url})
     service.settings = settings
     return service

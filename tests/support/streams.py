@@ -50,7 +50,9 @@ def committed_offsets(admin: KafkaAdminClient, group: str, topic: str) -> dict[i
     """Partition -> the group's committed offset on `topic` (absent: nothing committed)."""
     found = admin.list_group_offsets({group: None}).get(group, {})
     return {
-        tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic and meta.offset >= 0
+        tp.partition: meta.offset
+        for tp, meta in found.items()
+        if tp.topic == topic and meta.offset >= 0
     }
 
 

@@ -1,0 +1,73 @@
+"""A background feed for fault tests: paced items on the raw topic, each placement noted,
+each send retried until the broker takes it (so a broker outage delays items, never drops
+them)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from finsentry.feeds.producer import Pacer
+from finsentry.settings import Settings
+
+
+class Feed(threading.Thread):
+    def __init__(self, settings: Settings, total: int, rate: float, prefix: str = "f") -> None:
+        super().__init__(name="reliability-feed", daemon=True)
+        self.settings = settings
+        self.total = total
+        self.rate = rate
+        self.prefix = prefix
+        self.lock = threading.Lock()
+        self.placed: dict[tuple[int, int], str] = {}  # (partition, offset) -> item id
+        self.send_failures = 0
+        self.error: BaseException | None = None
+
+    def ids(self) -> set[str]:
+        return {f"{self.prefix}{i}" for i in range(self.total)}
+
+    def ids_below(self, committed: dict[int, int]) -> set[str]:
+        """The items at offsets a consumer group with these committed offsets has passed."""
+        with self.lock:
+            return {
+                item_id
+                for (partition, offset), item_id in self.placed.items()
+                if offset < committed.get(partition, 0)
+            }
+
+    def run(self) -> None:
+        producer = KafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            acks="all",
+            linger_ms=5,
+            retries=5,
+            request_timeout_ms=10_000,
+            **self.settings.kafka_client_options(),
+        )
+        pacer = Pacer(self.rate)
+        try:
+            for i in range(self.total):
+                pacer.wait()
+                item_id = f"{self.prefix}{i}"
+                value = json.dumps(
+                    {"id": item_id, "text": f"$NVDA item {i}: chip demand lifts shares"}
+                ).encode()
+                while True:
+                    try:
+                        meta = producer.send(
+                            self.settings.topic_raw, key=item_id.encode(), value=value
+                        ).get(timeout=30)
+                        break
+                    except KafkaError:
+                        self.send_failures += 1
+                        time.sleep(1.0)
+                with self.lock:
+                    self.placed[(meta.partition, meta.offset)] = item_id
+        except BaseException as exc:  # surfaced by the test through `error`
+            self.error = exc
+        finally:
+            producer.close(timeout=10)
