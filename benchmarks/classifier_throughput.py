@@ -51,6 +51,40 @@ def timed(run: Callable[[], object], n_items: int, repeat: int = 1) -> float:
     return n_items / best
 
 
+def matmul_gflops(device: str, n: int = 1024, repeat: int = 20) -> float:
+    """The device's measured dense matrix-multiply rate (fp32 on CPU, bf16 on CUDA)."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeat / (time.perf_counter() - started) / 1e9
+
+
+def encoder_gflops_per_item(scorer: ArtifactScorer, texts: list[str]) -> float:
+    """Forward FLOPs of one item through the encoder(s): 2 x (non-embedding parameters) per
+    token, plus attention scores, at the items' mean token count."""
+    flops = 0.0
+    for group in scorer.groups:
+        module = getattr(group, "module", None)
+        tokenizer = group.tokenizer  # type: ignore[attr-defined]
+        tokens = sum(len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) for t in texts)
+        mean_tokens = tokens / len(texts)
+        if module is None:
+            continue
+        params = sum(p.numel() for name, p in module.named_parameters() if "embeddings" not in name)
+        config = next(m.config for m in module.modules() if hasattr(m, "config"))
+        attention = 4 * config.num_hidden_layers * mean_tokens * config.hidden_size
+        flops += mean_tokens * (2 * params + attention)
+    return flops / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="artifact (default: newest)")
@@ -115,7 +149,17 @@ def main() -> None:
             mode, batch, f"{rate:.1f}", f"{1000 / rate:.2f}", f"{rate / per_item:.1f}",
             f"{rate / baseline:.1f}",
         )  # fmt: skip
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    peak = matmul_gflops(args.device)
+    per_item = encoder_gflops_per_item(scorer, texts[:128])
+    if per_item:
+        best = max(rate for _, _, rate in rows)
+        console.print(
+            f"compute floor: {per_item:.2f} GFLOP per item, device matmul {peak:.0f} GFLOP/s "
+            f"-> at most {peak / per_item:,.0f} items/s; best achieved {best:,.1f} items/s "
+            f"({best / (peak / per_item):.0%} of the floor)"
+        )
 
 
 if __name__ == "__main__":

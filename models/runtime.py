@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,7 @@ class _TorchGroup:
         self.tasks = tasks
         self.max_length = manifest.max_length
         self.device = device
+        self.lock = threading.Lock()
         self.tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
         with quiet_transformers():
             models = {
@@ -88,9 +90,15 @@ class _TorchGroup:
     def probs(self, texts: list[str]) -> dict[str, np.ndarray]:
         import torch
 
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        with self.lock:  # fast tokenizers fail ("Already borrowed") when shared by threads
+            batch = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        batch = batch.to(self.device)
         with torch.inference_mode():
             logits = self.module.task_logits(batch)
         return {t: softmax(v.float().cpu().numpy()) for t, v in logits.items()}
@@ -105,6 +113,7 @@ class _OnnxGroup:
 
         self.tasks = tasks
         self.max_length = manifest.max_length
+        self.lock = threading.Lock()
         spec = manifest.tasks[tasks[0]]
         assert spec.onnx_file is not None
         self.tokenizer = AutoTokenizer.from_pretrained(root / spec.tokenizer)
@@ -116,9 +125,14 @@ class _OnnxGroup:
         self.outputs = [manifest.tasks[t].onnx_output or f"logits_{t}" for t in tasks]
 
     def probs(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
+        with self.lock:
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
         feed = {name: np.asarray(enc[name], dtype=np.int64) for name in self.input_names}
         out = self.session.run(self.outputs, feed)
         return {t: softmax(np.asarray(v)) for t, v in zip(self.tasks, out, strict=True)}

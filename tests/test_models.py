@@ -92,3 +92,15 @@ def test_single_task_artifacts_are_not_served(tmp_path: Path) -> None:
 def test_missing_artifact_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="finsentry train"):
         load_scorer(Settings(models_dir=tmp_path / "nothing-here"))
+
+
+def test_scoring_from_several_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    build_tiny_artifact(tmp_path)
+    scorer = load_scorer(Settings(models_dir=tmp_path, device="cpu"))
+    expected = scorer.score(TEXTS)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: scorer.score(TEXTS), range(16)))
+    for result in results:
+        assert [r.topic.label for r in result] == [e.topic.label for e in expected]

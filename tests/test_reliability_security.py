@@ -168,7 +168,7 @@ def test_the_worker_indexes_as_the_writer_over_https(
     secured_stream: Settings, node: TlsElasticsearch
 ) -> None:
     reader = make_es_client(_as(node.settings, READER))
-    indexed = count(reader, secured_stream.items_index)
+    indexed = reader.count(index=secured_stream.items_index)["count"]
     record(
         AREA,
         "worker with FINSENTRY_ES_USERNAME/PASSWORD/CA_CERTS against the HTTPS node",

@@ -64,6 +64,13 @@ REFERENCED: dict[str, tuple[str, str, str]] = {
         "HTTP API over its per-client rate limit",
         "429 with Retry-After",
     ),
+    "tests/test_reliability_poison.py::"
+    "test_the_parser_never_raises_and_what_it_accepts_can_be_written": (
+        "bad input",
+        "property test: 400 generated odd JSON messages (huge numbers, deep nesting, lone "
+        "surrogates, NaN, multi-byte ids) through the parser",
+        "a ParseError, or an item writable as JSON with an _id of at most 512 bytes",
+    ),
     "tests/test_batch_processor.py::test_a_failing_item_is_isolated_and_the_rest_scored": (
         "model failure",
         "scorer raises on a batch holding one bad item (unit)",

@@ -180,7 +180,13 @@ def poison_cases(max_text_chars: int) -> list[Poison]:
         _scored("future_date", text="ok", published_at="9999-12-31T23:59:59Z"),
         _scored("ancient_date", text="ok", published_at="0001-01-01T00:00:00Z"),
         _scored("epoch_ms_far_future", text="ok", published_at=99_999_999_999_999),
-        _scored("odd_timezone", text="ok", published_at="2024-01-01T00:00:00-23:59"),
+        Poison(
+            "odd_timezone",
+            _doc({"id": "p-odd-tz", "text": "ok", "published_at": "2024-01-01T00:00:00-23:59"}),
+            ("invalid_fields", "index_rejected"),
+            "p-odd-tz",
+            note="UTC offset -23:59; Elasticsearch dates allow at most ±18:00",
+        ),
         _scored(
             "many_unknown_fields",
             note="5000 unknown keys (kept under extra, not indexed)",

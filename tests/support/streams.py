@@ -14,7 +14,8 @@ from finsentry.settings import Settings
 
 def count(es: Any, index: str) -> int:
     es.indices.refresh(index=index, ignore_unavailable=True)
-    return int(es.options(ignore_status=404).count(index=index).get("count", 0))
+    # 503: the index exists but its shard has not started yet.
+    return int(es.options(ignore_status=(404, 503)).count(index=index).get("count", 0))
 
 
 def index_ids(es: Any, index: str) -> list[str]:
