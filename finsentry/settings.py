@@ -113,8 +113,10 @@ class Settings(BaseSettings):
     def kafka_client_options(self) -> dict[str, object]:
         """Security options in kafka-python's spelling (also accepted by aiokafka)."""
         options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_sasl_mechanism:
-            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+        sasl = "SASL" in self.kafka_security_protocol.upper()
+        mechanism = self.kafka_sasl_mechanism or ("PLAIN" if sasl else None)  # as Faust does
+        if mechanism:
+            options["sasl_mechanism"] = mechanism
             options["sasl_plain_username"] = self.kafka_sasl_username
             if self.kafka_sasl_password is not None:
                 options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()

@@ -18,7 +18,9 @@ from elasticsearch import ApiError, Elasticsearch, helpers
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+# Overload, outages, and blocks an operator must lift (403: a read-only index after a full
+# disk; 401: credentials being rotated): retried, loudly, rather than dropping documents.
+RETRYABLE_STATUS = {401, 403, 408, 429, 500, 502, 503, 504}
 
 
 class SinkStopped(RuntimeError):

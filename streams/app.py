@@ -21,7 +21,12 @@ from faust.types import EventT
 
 from finsentry.index.bulk_sink import SinkStopped
 from finsentry.settings import Settings
-from finsentry.streams.batch_processor import BatchProcessor, BatchResult, RawRecord
+from finsentry.streams.batch_processor import (
+    BatchProcessor,
+    BatchResult,
+    RawRecord,
+    dead_letter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,10 @@ def broker_credentials(settings: Settings) -> Any:
 def create_app(settings: Settings, app_id: str | None = None, **options: Any) -> faust.App:
     """A Faust app on the configured brokers; `options` override or add Faust settings."""
     app_id = app_id or settings.app_id
+    datadir = settings.state_dir / "faust" / f"{app_id}-data"
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     defaults: dict[str, Any] = dict(
-        datadir=str(settings.state_dir / "faust" / f"{app_id}-data"),
+        datadir=str(datadir),
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
         store="memory://",
@@ -136,24 +143,64 @@ async def publish(result: BatchResult, topics: Topics) -> None:
     await asyncio.gather(*pending)
 
 
-async def process_until_done(
-    processor: BatchProcessor, topics: Topics, records: list[RawRecord], settings: Settings
+PROCESSING_ATTEMPTS = 3
+
+
+async def process_isolating_failures(
+    processor: BatchProcessor, records: list[RawRecord], settings: Settings
 ) -> BatchResult:
-    """Run a batch until it is indexed and published. Every step is idempotent (document
-    ids, dead letters keyed by source offset), so a failed attempt is simply run again
-    while the stream waits: the batch is the bounded buffer."""
+    """Process a batch; one that fails again and again holds a bad record (outages are
+    ridden out inside the sink), so split it until that record is isolated, then
+    dead-letter it. The partition never stalls on one poisonous message."""
+    backoff = settings.bulk_initial_backoff
+    for attempt in range(1, PROCESSING_ATTEMPTS + 1):
+        try:
+            return await processor.process(records)
+        except (asyncio.CancelledError, SinkStopped):
+            raise
+        except Exception as exc:
+            log.exception("batch of %d failed (attempt %d)", len(records), attempt)
+            failure = exc
+            if attempt < PROCESSING_ATTEMPTS:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, settings.bulk_max_backoff)
+    if len(records) == 1:
+        reason = f"processing failed: {type(failure).__name__}: {failure}"[:500]
+        letters = [dead_letter(records[0], "processing_error", reason)]
+        await processor.index_dead_letters(letters)
+        return BatchResult(dead_letters=letters)
+    middle = len(records) // 2
+    first = await process_isolating_failures(processor, records[:middle], settings)
+    second = await process_isolating_failures(processor, records[middle:], settings)
+    return BatchResult(
+        indexed=first.indexed + second.indexed,
+        dead_letters=first.dead_letters + second.dead_letters,
+    )
+
+
+async def publish_until_done(result: BatchResult, topics: Topics, settings: Settings) -> None:
+    """Publishing fails only while Kafka is unreachable: retry, with backoff, until it works."""
     backoff = settings.bulk_initial_backoff
     while True:
         try:
-            result = await processor.process(records)
             await publish(result, topics)
-            return result
-        except (asyncio.CancelledError, SinkStopped):
+            return
+        except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("batch of %d failed; retrying in %.1fs", len(records), backoff)
+            log.exception("publishing a batch failed; retrying in %.1fs", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, settings.bulk_max_backoff)
+
+
+async def process_until_done(
+    processor: BatchProcessor, topics: Topics, records: list[RawRecord], settings: Settings
+) -> BatchResult:
+    """Index and publish a batch; the stream waits meanwhile, so the batch is the bounded
+    buffer. Every step is idempotent (document ids, dead letters keyed by source offset)."""
+    result = await process_isolating_failures(processor, records, settings)
+    await publish_until_done(result, topics, settings)
+    return result
 
 
 def add_scoring_agent(

@@ -90,9 +90,18 @@ def to_scored_item(
     )
 
 
-def _dead_letter(record: RawRecord, error: str, reason: str) -> DeadLetter:
+# A dead letter keeps at most this much of the original message, so that it always fits
+# in a Kafka message (producer and topic limits are ~1 MB by default; base64 adds a third).
+MAX_DEAD_LETTER_ORIGINAL = 256 * 1024
+
+
+def dead_letter(record: RawRecord, error: str, reason: str) -> DeadLetter:
+    original = record.value or b""
+    if len(original) > MAX_DEAD_LETTER_ORIGINAL:
+        reason = f"{reason} (original: {len(original)} bytes, only the start kept)"
+        original = original[:MAX_DEAD_LETTER_ORIGINAL]
     return DeadLetter.from_raw(
-        record.value or b"",
+        original,
         reason=reason,
         error=error,
         source_topic=record.topic,
@@ -117,17 +126,17 @@ class BatchProcessor:
         for record in records:
             outcome = parse_raw(record.value, self.max_text_chars)
             if isinstance(outcome, ParseError):
-                result.dead_letters.append(_dead_letter(record, outcome.error, outcome.reason))
+                result.dead_letters.append(dead_letter(record, outcome.error, outcome.reason))
             else:
                 # The same id twice in one batch: the later record wins, as it would in the index.
                 parsed[outcome.id] = (outcome, record)
         if parsed:
             await self._score_and_index(list(parsed.values()), result)
         if result.dead_letters:
-            await self._index_dead_letters(result.dead_letters)
+            await self.index_dead_letters(result.dead_letters)
         return result
 
-    async def _index_dead_letters(self, letters: list[DeadLetter]) -> None:
+    async def index_dead_letters(self, letters: list[DeadLetter]) -> None:
         for letter in letters:
             metrics.DEAD_LETTERS.labels(error=letter.error).inc()
         if self.dead_letter_sink is None:
@@ -154,7 +163,7 @@ class BatchProcessor:
         for (item, record), score in zip(items, scores, strict=True):
             if isinstance(score, Exception):
                 reason = f"model failed on this item: {type(score).__name__}: {score}"[:500]
-                result.dead_letters.append(_dead_letter(record, "model_error", reason))
+                result.dead_letters.append(dead_letter(record, "model_error", reason))
                 continue
             ingested_at = (
                 datetime.fromtimestamp(record.timestamp, UTC) if record.timestamp else scored_at
@@ -170,7 +179,7 @@ class BatchProcessor:
         by_id = {item.id: record for item, record in items}
         for doc_id, reason in outcome.rejected:
             result.dead_letters.append(
-                _dead_letter(by_id[doc_id], "index_rejected", f"Elasticsearch refused it: {reason}")
+                dead_letter(by_id[doc_id], "index_rejected", f"Elasticsearch refused it: {reason}")
             )
         result.indexed.extend(docs[doc_id] for doc_id in outcome.indexed)
         metrics.ITEMS_SCORED.inc(len(outcome.indexed))

@@ -7,8 +7,12 @@ import unicodedata
 from dataclasses import dataclass
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from finsentry.messages import NewsItem
+
+# Elasticsearch refuses a whole bulk request holding an _id over 512 bytes.
+MAX_ID_BYTES = 512
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ def parse_raw(raw: bytes | None, max_text_chars: int) -> NewsItem | ParseError:
         return ParseError("invalid_json", f"not JSON: {exc.msg} at line {exc.lineno}")
     except RecursionError:
         return ParseError("invalid_json", "not JSON: nested too deeply")
+    except ValueError as exc:  # e.g. a number over sys.get_int_max_str_digits() digits
+        return ParseError("invalid_json", f"not JSON: {exc}"[:300])
     if not isinstance(payload, dict):
         return ParseError("not_an_object", f"expected a JSON object, got {type(payload).__name__}")
     text = payload.get("text")
@@ -61,4 +67,11 @@ def parse_raw(raw: bytes | None, max_text_chars: int) -> NewsItem | ParseError:
         return ParseError("invalid_fields", _describe(exc))
     if not _has_letters_or_digits(item.text):
         return ParseError("no_content", "text has no letters, digits or symbols")
+    id_bytes = len(item.id.encode("utf-8"))
+    if id_bytes > MAX_ID_BYTES:
+        return ParseError("invalid_fields", f"id: {id_bytes} UTF-8 bytes, over {MAX_ID_BYTES}")
+    try:
+        item.model_dump_json()  # what the worker publishes must be writable as JSON
+    except PydanticSerializationError as exc:
+        return ParseError("invalid_fields", f"cannot be written as JSON: {exc}"[:300])
     return item

@@ -103,3 +103,34 @@ def test_a_batch_is_indexed_and_bad_items_become_dead_letters(settings, es) -> N
     assert doc["tickers"] == ["AAPL"] and doc["sentiment"] == "bearish"
     assert doc["model_version"] == "test-1" and doc["latency_ms"] >= 0
     assert es.count(index=settings.dead_letters_index)["count"] == 2
+
+
+class ExplodingProcessor:
+    """Fails on any batch holding the record b'boom', whatever the attempt."""
+
+    def __init__(self) -> None:
+        self.indexed_letters: list = []
+
+    async def process(self, records: list[RawRecord]):  # type: ignore[no-untyped-def]
+        from finsentry.streams.batch_processor import BatchResult
+
+        if any(r.value == b"boom" for r in records):
+            raise ValueError("cannot serialise this record")
+        return BatchResult()
+
+    async def index_dead_letters(self, letters: list) -> None:  # type: ignore[type-arg]
+        self.indexed_letters.extend(letters)
+
+
+def test_a_record_that_always_fails_is_isolated_not_retried_forever() -> None:
+    from finsentry.settings import Settings
+    from finsentry.streams.app import process_isolating_failures
+
+    records = [_record(i, {"id": str(i), "text": "fine"}) for i in range(8)]
+    records[5] = _record(5, b"boom")
+    processor = ExplodingProcessor()
+    settings = Settings(bulk_initial_backoff=0.001)
+    result = asyncio.run(process_isolating_failures(processor, records, settings))  # type: ignore[arg-type]
+    assert [(x.offset, x.error) for x in result.dead_letters] == [(5, "processing_error")]
+    assert "cannot serialise" in result.dead_letters[0].reason
+    assert processor.indexed_letters == result.dead_letters

@@ -5,8 +5,10 @@ The real worker runs on the shared Kafka and Elasticsearch with topics and indic
 Every case of tests/support/poison.py goes, in order, to a one-partition raw topic, then one
 valid message; the worker takes batches of one, so each message's outcome is its own. A
 message the worker cannot get past (it retries the batch forever) is a *stall*: the test
-notes it, stops the worker, commits the offset after it (what an operator would do) and starts
-the worker again, so that every case still gets an outcome and the table is complete.
+notes it, kills the worker, commits the offset after it for a new consumer group (what an
+operator would do) and starts the worker again, so that every case still gets an outcome and
+the table is complete. Progress is read from the worker's outputs (scored and dead-letter
+topics), since publishing them is the last step of a batch.
 """
 
 from __future__ import annotations
@@ -254,8 +256,12 @@ def _observe(
 
 @pytest.mark.integration
 def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
-    services: Settings, es: Any, tiny_artifact: Path, tmp_path: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    services: Settings,
+    es: Any,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = unique_settings(
         services, max_batch=1, max_wait=0.05, bulk_initial_backoff=0.2, bulk_max_backoff=1.0
     )

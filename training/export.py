@@ -64,7 +64,7 @@ def _quantize(fp32: Path, int8: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = fp32.with_name(f"prepared-{fp32.name}")
-    quant_pre_process(str(fp32), str(prepared))
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     quantize_dynamic(str(prepared), str(int8), per_channel=True, weight_type=QuantType.QInt8)
     prepared.unlink()
 

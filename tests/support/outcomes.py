@@ -107,7 +107,11 @@ def render(rows: list[Row], results: list[RunResult], command: str, when: str) -
         "",
         f"run at {when}: {len(rows)} cases, {ok} as expected, {len(rows) - ok} not.",
         "`expected` is what the product promises (README, *Delivery guarantees*); `observed` is",
-        "what the run saw; `ok` says whether they agree.",
+        "what the run saw; `ok` says whether they agree. *STALLED* means the worker retried one",
+        "batch forever (a poison pill that blocks its partition); the test then skipped that",
+        "message as an operator would, so that the cases after it still got an outcome.",
+        "Private Kafka / Elasticsearch instances (other ports and state dirs) take the faults;",
+        "the shared ones are never stopped.",
         "",
     ]
     areas: dict[str, list[Row]] = {}

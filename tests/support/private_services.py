@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 
 from finsentry.services import process
@@ -194,8 +195,6 @@ def private_tls_elasticsearch(
 ) -> TlsElasticsearch:
     """A secured node (user `elastic`, bootstrap `password`; file-realm `users` with
     `roles_yml`) serving HTTPS with `tls`."""
-    from pydantic import SecretStr
-
     settings = elasticsearch_settings(
         base,
         private_state_dir(base, "es-tls"),
@@ -208,13 +207,3 @@ def private_tls_elasticsearch(
     settings = settings.model_copy(update={"es_url": service.url})
     service.settings = settings
     return service
-
-
-__all__ = [
-    "TlsElasticsearch",
-    "free_port",
-    "private_elasticsearch",
-    "private_kafka",
-    "private_tls_elasticsearch",
-    "running",
-]
