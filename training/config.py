@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     seed: int = 42
 
     # optimisation
-    epochs: float = Field(4.0, gt=0)
+    epochs: float = Field(6.0, gt=0)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-4, gt=0)
