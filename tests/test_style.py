@@ -1,4 +1,4 @@
-"""The code base stays ruff clean (lint and format), as CONTRIBUTING asks."""
+"""The code base stays ruff clean (lint and format), as CONTRIBUTING.md asks."""
 
 from __future__ import annotations
 
