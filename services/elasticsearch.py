@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -204,6 +205,10 @@ class LocalElasticsearch(LocalService):
             return None
         return ("elastic", self.settings.es_password.get_secret_value())
 
+    def http_verify(self) -> ssl.SSLContext | bool:
+        """How the health check verifies the node's HTTPS certificate (plain HTTP here)."""
+        return True
+
     def healthy(self) -> bool:
         if not process.port_open(self.settings.elasticsearch_port):
             return False
@@ -214,6 +219,7 @@ class LocalElasticsearch(LocalService):
                 f"{self.url}/_cluster/health",
                 params={"wait_for_status": "yellow", "timeout": "2s"},
                 auth=self.auth(),
+                verify=self.http_verify(),
                 timeout=10.0,
             )
         except httpx.HTTPError:
