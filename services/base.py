@@ -87,17 +87,25 @@ class LocalService(ABC):
         process.ensure_ports_free(self.name, self.ports())
         self.fetch()
         self.dir.mkdir(parents=True, exist_ok=True)
-        launch = self.prepare()
-        started = time.monotonic()
-        pid = process.start_detached(
-            launch.command,
-            log_file=self.log_file,
-            pid_file=self.pid_file,
-            env=launch.env,
-            cwd=launch.cwd,
-            user=launch.user,
-        )
-        self._wait(pid, "starting", started)
+        for attempt in (1, 2):
+            launch = self.prepare()
+            started = time.monotonic()
+            pid = process.start_detached(
+                launch.command,
+                log_file=self.log_file,
+                pid_file=self.pid_file,
+                env=launch.env,
+                cwd=launch.cwd,
+                user=launch.user,
+            )
+            try:
+                self._wait(pid, "starting", started)
+                return
+            except process.ServiceError:
+                # A first start on a fresh machine can fail transiently: try once more.
+                if attempt == 2 or self.pid() is not None:
+                    raise
+                self.console.print(f"{self.name} exited during start-up; starting it again")
 
     def _wait(self, pid: int, doing: str, started: float | None = None) -> None:
         started = started or time.monotonic()
