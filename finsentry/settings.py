@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_wait: float = Field(0.5, gt=0, le=60, description="Seconds to wait to fill a batch.")
     max_text_chars: int = Field(20_000, ge=1, description="Longer texts are dead-lettered.")
     bulk_max_retries: int = Field(8, ge=0)
+    metrics_port: int = Field(
+        9101, ge=0, le=65535, description="The worker's Prometheus endpoint; 0 turns it off."
+    )
     bulk_initial_backoff: float = Field(0.5, gt=0)
     bulk_max_backoff: float = Field(30.0, gt=0)
 

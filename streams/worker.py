@@ -79,5 +79,13 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
 
         manager.up(settings)
     app = build_worker_app(settings)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.metrics_port)
+            log.info("metrics on :%d/metrics", settings.metrics_port)
+        except OSError as exc:  # another worker on this host has the port: score anyway
+            log.warning("no metrics endpoint on port %d: %s", settings.metrics_port, exc)
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

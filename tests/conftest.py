@@ -58,6 +58,7 @@ def unique_settings(base: Settings, **overrides: object) -> Settings:
         "alerts_index": f"{tag}-alerts",
         "dead_letters_index": f"{tag}-dead-letters",
         "manage_services": False,
+        "metrics_port": 0,
     }
     return base.model_copy(update={**names, **overrides})
 

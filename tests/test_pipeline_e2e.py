@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,12 @@ from tests.support.worker_process import WorkerProcess, wait_until
 pytestmark = pytest.mark.integration
 
 SENTIMENTS = {"bearish", "neutral", "bullish"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _count(es, index: str, query: dict | None = None) -> int:  # type: ignore[no-untyped-def]
@@ -47,7 +55,7 @@ def _read_topic(settings: Settings, topic: str, expected: int, timeout_ms: int =
 @pytest.fixture(scope="module")
 def stream(services: Settings, es, tiny_artifact: Path, tmp_path_factory) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
     """One worker for the module, on its own topics and indices."""
-    settings = unique_settings(services, max_batch=32, max_wait=0.2)
+    settings = unique_settings(services, max_batch=32, max_wait=0.2, metrics_port=_free_port())
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     worker = WorkerProcess(settings, tiny_artifact, log)
     yield settings
@@ -74,6 +82,13 @@ def test_500_dataset_items_are_searchable_with_scores_and_tickers(stream, es, se
     with_tickers = [h for h in hits if h["_source"]["tickers"]]
     # Over half of these tweets name a company or carry a cashtag.
     assert len(with_tickers) > 250
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{stream.metrics_port}/metrics").read()
+    scored = next(
+        float(line.split()[1])
+        for line in metrics.decode().splitlines()
+        if line.startswith("finsentry_items_scored_total ")
+    )
+    assert scored >= 500
     byn = [h["_source"] for h in hits if h["_source"]["text"].startswith("$BYND")]
     assert byn and "BYND" in byn[0]["tickers"]
     assert _count(es, stream.items_index, {"term": {"tickers": "BYND"}}) >= 1

@@ -16,6 +16,7 @@ _FORWARDED = (
     "app_id", "topic_raw", "topic_scored", "topic_dead_letters", "topic_alerts",
     "items_index", "alerts_index", "dead_letters_index", "kafka_bootstrap", "es_url",
     "max_batch", "max_wait", "max_text_chars", "bulk_initial_backoff", "bulk_max_backoff",
+    "metrics_port",
 )  # fmt: skip
 
 
