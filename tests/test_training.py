@@ -291,3 +291,20 @@ def test_ensure_default_artifact_reuses_an_existing_one(tmp_path: Path) -> None:
 
     path = build_tiny_artifact(tmp_path)
     assert ensure_default_artifact(Settings(models_dir=tmp_path), progress=False) == path
+
+
+def test_smoothing_keeps_the_float_model_exact(multitask_artifact: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from finsentry.training.export import calibration_feeds, export_onnx
+    from finsentry.training.quantize import smooth
+
+    texts = pd.read_csv(DATA / "tfns_sentiment" / "train.csv")["text"].head(64).tolist()
+    path, _ = export_onnx(multitask_artifact, output=tmp_path, quantize="none", texts=texts[:4])
+    feeds = calibration_feeds(multitask_artifact, read_manifest(multitask_artifact), texts, 32)
+    smooth(path / "model.onnx", tmp_path / "smoothed.onnx", feeds, alpha=0.75)
+    before = ort.InferenceSession(str(path / "model.onnx"))
+    after = ort.InferenceSession(str(tmp_path / "smoothed.onnx"))
+    for feed in feeds:
+        for a, b in zip(before.run(None, feed), after.run(None, feed), strict=True):
+            assert np.allclose(a, b, atol=1e-4)
