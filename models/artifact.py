@@ -189,7 +189,11 @@ class Staging:
         """Write the manifest and move the folder into place."""
         (self.path / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         final = self.models_dir / f"{manifest.created_at:%Y%m%dT%H%M%S}-{manifest.version}"
-        self.path.rename(final)
+        if final.exists():
+            # Same second, same weights, data and parameters: that artifact is this one.
+            shutil.rmtree(self.path)
+        else:
+            self.path.rename(final)
         self.final = final
         return final
 

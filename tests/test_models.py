@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from finsentry.messages import ItemScores
-from finsentry.models.artifact import ArtifactError, list_artifacts, read_manifest
+from finsentry.models.artifact import ArtifactError, list_artifacts, read_manifest, staging
 from finsentry.models.labels import SENTIMENT_LABELS, topic_label_names
 from finsentry.models.scorer import load_scorer
 from finsentry.settings import Settings
@@ -104,3 +105,16 @@ def test_scoring_from_several_threads(tmp_path: Path) -> None:
         results = list(pool.map(lambda _: scorer.score(TEXTS), range(16)))
     for result in results:
         assert [r.topic.label for r in result] == [e.topic.label for e in expected]
+
+
+def test_the_same_artifact_committed_twice_in_one_second_lands_once(tmp_path: Path) -> None:
+    committed = []
+    for _ in range(2):
+        with staging(tmp_path) as stage:
+            (stage.path / "model.safetensors").write_bytes(b"same weights")
+            manifest = stage.manifest({"tasks": {}}, data={"rows": 1}, params={"seed": 42})
+            manifest = manifest.model_copy(update={"created_at": datetime(2026, 1, 1, tzinfo=UTC)})
+            committed.append(stage.commit(manifest))
+    assert committed[0] == committed[1]
+    assert [p.name for p in tmp_path.iterdir()] == [committed[0].name]
+    assert read_manifest(committed[0]).version == manifest.version
