@@ -1,6 +1,6 @@
 """Prometheus metrics shared by the worker and the API (one registry a process)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 ITEMS_SCORED = Counter("finsentry_items_scored_total", "Items scored and indexed")
 DEAD_LETTERS = Counter(
@@ -14,4 +14,7 @@ SCORING_LATENCY = Histogram(
 )
 BATCH_SIZE = Histogram(
     "finsentry_batch_size", "Items per scored batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+BATCH_WAIT = Gauge(
+    "finsentry_batch_wait_seconds", "How long the next batch may wait to fill (adapts to load)"
 )

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Versions of the local real services; docker-compose.yml pins the same ones.
@@ -61,7 +62,15 @@ class Settings(BaseSettings):
 
     # --- stream processing ------------------------------------------------------------
     max_batch: int = Field(64, ge=1, le=4096, description="Most items scored in one batch.")
-    max_wait: float = Field(0.5, gt=0, le=60, description="Seconds to wait to fill a batch.")
+    max_wait: float = Field(
+        0.5, gt=0, le=60, description="Most seconds a batch waits to fill (the wait adapts)."
+    )
+    min_wait: float = Field(
+        0.02, ge=0, le=60, description="Least seconds a batch waits to fill, under light load."
+    )
+    model_batch: int = Field(
+        0, ge=0, le=4096, description="Texts per forward pass; 0 = by device (CPU 16, CUDA 128)."
+    )
     max_text_chars: int = Field(20_000, ge=1, description="Longer texts are dead-lettered.")
     bulk_max_retries: int = Field(8, ge=0)
     metrics_port: int = Field(
@@ -112,6 +121,12 @@ class Settings(BaseSettings):
             return value
         data_dir = info.data.get("data_dir", _DEFAULT_DATA_DIR)
         return default_company_files(Path(data_dir))
+
+    @model_validator(mode="after")
+    def _waits_in_order(self) -> Self:
+        if self.min_wait > self.max_wait:
+            raise ValueError("FINSENTRY_MIN_WAIT must not be above FINSENTRY_MAX_WAIT")
+        return self
 
     def kafka_client_options(self) -> dict[str, object]:
         """Security options in kafka-python's spelling (also accepted by aiokafka)."""

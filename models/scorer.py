@@ -28,4 +28,4 @@ def load_scorer(settings: Settings) -> Scorer:
 
     path = resolve_artifact(settings.models_dir, settings.model_path)
     validate_for_serving(read_manifest(path), path)
-    return ArtifactScorer(path, device=settings.device, batch_size=settings.max_batch)
+    return ArtifactScorer(path, device=settings.device, batch_size=settings.model_batch or None)

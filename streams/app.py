@@ -1,10 +1,10 @@
 """The Faust app: raw topic -> micro-batches -> BatchProcessor -> scored / dead-letter topics.
 
-Offsets: `take_events` acknowledges a batch's events only after the agent's loop body has
-returned, and the body returns only once the batch is indexed (the sink retries until
-Elasticsearch takes it) and its dead letters and scored items are delivered to Kafka. A
-worker killed mid-batch therefore commits nothing for that batch and the batch is read
-again on restart; document ids make the second write idempotent.
+Offsets: the agent reads without automatic acks (`batcher.adaptive_batches`) and acks a
+batch's events only once the batch is indexed (the sink retries until Elasticsearch takes
+it) and its dead letters and scored items are delivered to Kafka. A worker killed mid-batch
+therefore commits nothing for that batch and the batch is read again on restart; document
+ids make the second write idempotent.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import EventT
 
+from finsentry import metrics
 from finsentry.index.bulk_sink import SinkStopped
 from finsentry.settings import Settings
 from finsentry.streams.batch_processor import (
@@ -27,6 +27,7 @@ from finsentry.streams.batch_processor import (
     RawRecord,
     dead_letter,
 )
+from finsentry.streams.batcher import BatchWindow, ack_batch, adaptive_batches
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,6 @@ def to_record(event: EventT) -> RawRecord:
         offset=message.offset,
         timestamp=message.timestamp,
     )
-
-
-def hold_offsets(events: Sequence[EventT]) -> None:
-    """Keep the offsets of an unfinished batch from being committed.
-
-    Faust acknowledges a taken batch when the agent leaves it, even on cancellation (a
-    graceful shutdown). Marking the messages as already acknowledged makes that final
-    acknowledgement a no-op, so their offsets stay uncommitted and they are read again.
-    """
-    for event in events:
-        event.message.acked = True
 
 
 async def publish(result: BatchResult, topics: Topics) -> None:
@@ -213,11 +203,8 @@ def add_scoring_agent(
 
     @app.agent(topics.raw, name="score")
     async def score(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
-            try:
-                await process_until_done(
-                    processor, topics, [to_record(e) for e in events], settings
-                )
-            except BaseException:
-                hold_offsets(events)
-                raise
+        window = BatchWindow(settings.max_batch, settings.min_wait, settings.max_wait)
+        async for events in adaptive_batches(stream, window):
+            await process_until_done(processor, topics, [to_record(e) for e in events], settings)
+            await ack_batch(stream, events)
+            metrics.BATCH_WAIT.set(window.wait)
