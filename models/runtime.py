@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +30,14 @@ class _Group(Protocol):
     def encode(self, texts: list[str]) -> Any: ...
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]: ...
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, tensors: str) -> Any:
+    """Padded to the longest text of the chunk. Called only from a scorer's one tokenizer
+    thread: fast tokenizers fail ("Already borrowed") when threads share them."""
+    return tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors=tensors
+    )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -81,7 +88,6 @@ class _TorchGroup:
         self.tasks = tasks
         self.max_length = manifest.max_length
         self.device = device
-        self.lock = threading.Lock()
         self.tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
         with quiet_transformers():
             models = {
@@ -94,22 +100,12 @@ class _TorchGroup:
         self.module = TaskHeads(models, shared_encoder=shared).to(device).eval()
 
     def encode(self, texts: list[str]) -> Any:
-        with self.lock:  # fast tokenizers fail ("Already borrowed") when shared by threads
-            batch = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        if self.device.type == "cuda":
-            batch = {k: v.pin_memory() for k, v in batch.items()}
-        return batch
+        return tokenize(self.tokenizer, texts, self.max_length, "pt")
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]:
         import torch
 
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in encoded.items()}
+        batch = {k: v.to(self.device) for k, v in encoded.items()}
         with torch.inference_mode():
             logits = self.module.task_logits(batch)
         return {t: softmax(v.float().cpu().numpy()) for t, v in logits.items()}
@@ -124,7 +120,6 @@ class _OnnxGroup:
 
         self.tasks = tasks
         self.max_length = manifest.max_length
-        self.lock = threading.Lock()
         spec = manifest.tasks[tasks[0]]
         assert spec.onnx_file is not None
         self.tokenizer = AutoTokenizer.from_pretrained(root / spec.tokenizer)
@@ -136,14 +131,7 @@ class _OnnxGroup:
         self.outputs = [manifest.tasks[t].onnx_output or f"logits_{t}" for t in tasks]
 
     def encode(self, texts: list[str]) -> Any:
-        with self.lock:
-            enc = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
+        enc = tokenize(self.tokenizer, texts, self.max_length, "np")
         return {name: np.asarray(enc[name], dtype=np.int64) for name in self.input_names}
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]:
@@ -184,6 +172,7 @@ class ArtifactScorer:
                 f"artifact {root} has no task(s) {unknown}; it has {list(self.manifest.tasks)}"
             )
         self.labels: dict[str, list[str]] = {t: self.manifest.tasks[t].labels for t in wanted}
+        # Every tokenizer call happens on this one thread (see `tokenize`).
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="finsentry-tokenize")
         self.groups: list[_Group]
         if self.manifest.runtime == "onnx":
@@ -210,7 +199,7 @@ class ArtifactScorer:
         """Class probabilities per task, rows in `texts` order, columns in `labels[task]` order.
 
         Texts are sorted by length and cut into `batch_size` chunks so padding stays small.
-        The next chunk is tokenised in a second thread while the model runs on this one."""
+        Chunks are tokenised in the scorer's tokenizer thread while the model runs."""
         clean = preprocessor(self.manifest.preprocess)
         texts = [clean(t if isinstance(t, str) else str(t)) for t in texts]
         result = {t: np.zeros((len(texts), len(ls)), np.float32) for t, ls in self.labels.items()}
@@ -221,16 +210,11 @@ class ArtifactScorer:
             for group in self.groups
         ]
 
-        def encode(step: int) -> Future[Any]:
-            idx, group = steps[step]
-            return self._tokenizing.submit(group.encode, [texts[i] for i in idx])
-
-        pending = encode(0) if steps else None
-        for step, (idx, group) in enumerate(steps):
-            assert pending is not None
-            encoded = pending.result()
-            pending = encode(step + 1) if step + 1 < len(steps) else None
-            for task, probs in group.run(encoded).items():
+        encoded = self._tokenizing.map(
+            lambda step: step[1].encode([texts[i] for i in step[0]]), steps
+        )
+        for (idx, group), batch in zip(steps, encoded, strict=True):
+            for task, probs in group.run(batch).items():
                 result[task][idx] = probs
         return result
 

@@ -34,6 +34,7 @@ from finsentry.alerts.rules import (
 )
 from finsentry.alerts.store import AlertDocument
 from finsentry.messages import ScoredItem
+from tests.support.crafted import crafted_item
 
 TOPICS = ("Earnings", "Macro", "M&A")
 FIRING = {"BURST"}
@@ -49,25 +50,16 @@ def item(
     latency_ms: float = 50.0,
     model_version: str = "v1",
 ) -> ScoredItem:
-    scored = datetime.fromtimestamp(ts, UTC)
-    probs = {"bearish": 0.1, "neutral": 0.1, "bullish": 0.1, sentiment: 0.8}
-    return ScoredItem(
-        id=f"item-{n}",
-        source="test",
+    return crafted_item(
+        f"item-{n}",
+        datetime.fromtimestamp(ts, UTC),
+        sentiment,
+        tickers,
         title=f"{sentiment} news {n} on {','.join(tickers) or 'nothing'}",
-        text="crafted",
         url=f"https://example.com/items/{n}",
-        tickers=tickers,
         topic=topic or TOPICS[n % len(TOPICS)],
-        topic_confidence=0.9,
-        sentiment=sentiment,  # type: ignore[arg-type]
-        sentiment_confidence=0.8,
-        sentiment_probs=probs,
-        sentiment_score=probs["bullish"] - probs["bearish"],
-        model_version=model_version,
-        ingested_at=scored - timedelta(milliseconds=latency_ms),
-        scored_at=scored,
         latency_ms=latency_ms,
+        model_version=model_version,
     )
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from finsentry.es_client import make_es_client
 from finsentry.index.template import apply_dead_letters_template, apply_items_template
-from finsentry.messages import DeadLetter, ScoredItem
+from finsentry.messages import DeadLetter
 from finsentry.settings import Settings
 from finsentry.streams.live_view import (
     LiveSnapshot,
@@ -25,6 +25,7 @@ from finsentry.streams.live_view import (
     render,
     run_live_view,
 )
+from tests.support.crafted import crafted_item
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -47,23 +48,7 @@ DOCS: list[tuple[int, list[str], str, str, str]] = [
 
 def _doc(i: int, ago: int, tickers: list[str], sentiment: str, model: str, text: str) -> dict:
     scored = NOW - timedelta(seconds=ago)
-    probs = {"bearish": 0.1, "neutral": 0.1, "bullish": 0.1} | {sentiment: 0.8}
-    item = ScoredItem(
-        id=f"doc-{i}",
-        source="test",
-        text=text,
-        tickers=tickers,
-        topic="Company | Product News",
-        topic_confidence=0.9,
-        sentiment=sentiment,  # type: ignore[arg-type]
-        sentiment_confidence=0.8,
-        sentiment_probs=probs,
-        sentiment_score=probs["bullish"] - probs["bearish"],
-        model_version=model,
-        ingested_at=scored - timedelta(milliseconds=50),
-        scored_at=scored,
-        latency_ms=50.0,
-    )
+    item = crafted_item(f"doc-{i}", scored, sentiment, tickers, text=text, model_version=model)
     return item.model_dump(mode="json")
 
 

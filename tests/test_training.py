@@ -131,45 +131,16 @@ def test_evaluate_with_a_remapped_label_file(multitask_artifact: Path, tmp_path:
     file = tmp_path / "remapped.jsonl"
     frame.to_json(file, orient="records", lines=True)
     mapping = json.dumps({f"L{k}": v for k, v in names.items()})
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--model",
-            str(multitask_artifact),
-            "--data",
-            str(file),
-            "--text-col",
-            "body",
-            "--label-col",
-            "sentiment",
-            "--label-map",
-            mapping,
-            "--json",
-        ],
-    )
+    evaluate = ["evaluate", "--model", str(multitask_artifact), "--data", str(file)]
+    evaluate += ["--text-col", "body", "--label-col", "sentiment"]
+    result = runner.invoke(app, [*evaluate, "--label-map", mapping, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["task"] == "sentiment" and report["n"] == 60
     assert sum(v["support"] for v in report["per_class"].values()) == 60
     assert 0.0 <= report["accuracy"] <= 1.0
 
-    bad = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--model",
-            str(multitask_artifact),
-            "--data",
-            str(file),
-            "--text-col",
-            "body",
-            "--label-col",
-            "sentiment",
-            "--task",
-            "sentiment",
-        ],
-    )
+    bad = runner.invoke(app, [*evaluate, "--task", "sentiment"])
     assert bad.exit_code == 2 and "--label-map" in bad.output
 
 
