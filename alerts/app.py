@@ -7,6 +7,13 @@
 
 Fanning out through a keyed internal topic puts every key on one partition, so counts are
 right with any number of alerter instances. Event time is the item's `scored_at`.
+
+Watchlists (alerts/watchlists.py) are read from Elasticsearch every few seconds. The
+severe-item rule runs in `fan_out`, on each item as it arrives: near-duplicates of a story
+(alerts/stories.py) alert once and count once, and `Episodes` (alerts/episodes.py, restored
+from the alerts index at start) keeps one notification per watchlist + company + rule +
+episode. Ticker alerts of the counting rules go to the default targets and, per watchlist
+that holds the ticker, to that watchlist's channels.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -23,7 +31,10 @@ import httpx
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from pydantic import ValidationError
 
-from finsentry.alerts.outbox import Outbox, targets_from_settings
+from finsentry.alerts.digest import send_due_digests
+from finsentry.alerts.email import SmtpConfig
+from finsentry.alerts.episodes import Episodes, recent_watchlist_alerts
+from finsentry.alerts.outbox import Outbox, targets_from_settings, watchlist_targets
 from finsentry.alerts.rules import (
     AlertRules,
     Counts,
@@ -31,13 +42,27 @@ from finsentry.alerts.rules import (
     add_sample,
     baseline_buckets,
     decide,
+    for_watchlists,
     keyed_items,
+    severe_alert,
+    severe_trips,
+    shift_alert,
     window_buckets,
     window_stats,
 )
 from finsentry.alerts.store import apply_alerts_template_async
+from finsentry.alerts.stories import StoryTracker, story_text
+from finsentry.alerts.watchlists import (
+    CompanyDirectory,
+    Watchlist,
+    WatchlistError,
+    ensure_watchlists_index_async,
+    list_watchlists_async,
+    put_watchlist_async,
+    resolve_watchlist,
+)
 from finsentry.es_client import make_async_es_client
-from finsentry.messages import Alert, ScoredItem
+from finsentry.messages import Alert, ScoredItem, utcnow
 from finsentry.metrics import ALERTS
 from finsentry.settings import Settings
 from finsentry.streams.app import create_app as create_faust_app
@@ -57,9 +82,28 @@ class Alerter:
     http: httpx.AsyncClient
     due: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     index_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    watchlists: list[Watchlist] = field(default_factory=list)
+    routes: dict[str, list[str]] = field(default_factory=dict)
 
-    async def publish(self, alert: Alert, alerts_topic: faust.TopicT) -> None:
-        """Emit to the alerts topic, store in the outbox, and deliver right away."""
+    def use_watchlists(self, watchlists: list[Watchlist]) -> None:
+        """Adopt the watchlists now stored, with their channels' targets."""
+        routes = {}
+        for watchlist in watchlists:
+            targets = watchlist_targets(watchlist, self.settings)
+            self.outbox.add_targets(targets)
+            routes[watchlist.name] = [t.id for t in targets]
+        self.watchlists, self.routes = watchlists, routes
+
+    @property
+    def watched(self) -> set[str]:
+        return {t for w in self.watchlists for t in w.tickers}
+
+    async def publish(
+        self, alert: Alert, alerts_topic: faust.TopicT, targets: list[str] | None = None
+    ) -> None:
+        """Emit to the alerts topic, store in the outbox (for `targets`, default: the default
+        targets), and deliver right away."""
         await alerts_topic.send(
             key=f"{alert.key_type}:{alert.key}".encode(), value=alert.model_dump_json().encode()
         )
@@ -69,7 +113,7 @@ class Alerter:
         delay = self.rules.delivery.initial_backoff_s
         while True:
             try:
-                stored = await self.outbox.put(alert)
+                stored = await self.outbox.put(alert, targets)
                 break
             except (ApiError, TransportError):
                 log.exception("cannot store alert %s; retrying in %.1fs", alert.id, delay)
@@ -77,6 +121,51 @@ class Alerter:
                 delay = min(delay * 2, self.rules.delivery.max_backoff_s)
         if stored:
             self.due.put_nowait(alert.id)
+
+    async def publish_routed(self, alert: Alert, alerts_topic: faust.TopicT) -> None:
+        """A counting rule's alert: to the default targets (not for watchlist-only rules)
+        and to every watchlist that holds its ticker."""
+        if alert.watchlist is None and alert.mean_score is None:
+            await self.publish(alert, alerts_topic)
+        for routed in for_watchlists(alert, self.watchlists):
+            await self.publish(routed, alerts_topic, self.routes.get(routed.watchlist or "", []))
+
+    async def keep_watchlists(self, episodes: Episodes, stories: StoryTracker) -> None:
+        """Write the rules file's watchlists, restore the episodes, then re-read the
+        watchlists every `watchlist_refresh_s`."""
+        index = self.settings.watchlists_index
+        interval = self.rules.watchlist_refresh_s
+        await self.index_ready.wait()
+        while not self.ready.is_set():
+            try:
+                await ensure_watchlists_index_async(self.es, index)
+                if self.rules.watchlists:
+                    directory = await asyncio.to_thread(
+                        CompanyDirectory.from_files, self.settings.company_files
+                    )
+                    for spec in self.rules.watchlists:
+                        try:
+                            watchlist = resolve_watchlist(spec.name, spec, directory, source="file")
+                        except WatchlistError as error:
+                            log.error("rules file: watchlist %s not loaded: %s", spec.name, error)
+                            continue
+                        await put_watchlist_async(self.es, index, watchlist)
+                since = utcnow() - timedelta(
+                    seconds=max(self.rules.cooldown_s, self.rules.stories.window_s)
+                )
+                docs = await recent_watchlist_alerts(self.es, self.settings.alerts_index, since)
+                log.info("restored %d recent watchlist alerts", episodes.restore(docs, stories))
+                self.use_watchlists(await list_watchlists_async(self.es, index))
+                self.ready.set()
+            except Exception:
+                log.exception("cannot read the watchlists; retrying in %.1fs", interval)
+                await asyncio.sleep(interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.use_watchlists(await list_watchlists_async(self.es, index))
+            except Exception:
+                log.exception("cannot re-read the watchlists; keeping the last ones")
 
     async def deliver_forever(self) -> None:
         """Install the alerts index template, then deliver new alerts as they come and sweep
@@ -90,6 +179,7 @@ class Alerter:
             except Exception:
                 log.exception("cannot prepare the alerts index; retrying in %.1fs", interval)
                 await asyncio.sleep(interval)
+        await self.ready.wait()  # every watchlist channel is known before retries
         last_sweep = 0.0
         while True:
             try:
@@ -121,7 +211,12 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
     es = make_async_es_client(settings)
     http = httpx.AsyncClient()
     outbox = Outbox(
-        es, settings.alerts_index, targets_from_settings(settings), rules.delivery, http
+        es,
+        settings.alerts_index,
+        targets_from_settings(settings),
+        rules.delivery,
+        http,
+        smtp=SmtpConfig.from_settings(settings),
     )
     alerter = Alerter(app=app, settings=settings, rules=rules, outbox=outbox, es=es, http=http)
 
@@ -133,8 +228,12 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
     expires = rules.horizon_s + 2 * rules.bucket_s
     totals = app.Table("totals", default=int).tumbling(rules.bucket_s, expires=expires)
     negatives = app.Table("negatives", default=int).tumbling(rules.bucket_s, expires=expires)
+    scores = app.Table("scores", default=float).tumbling(rules.bucket_s, expires=expires)
     samples = app.Table("samples", default=list)
     last_alert = app.Table("last-alert", default=None)
+    last_shift = app.Table("last-shift", default=None)
+    stories = StoryTracker(rules.stories)
+    episodes = Episodes(rules.cooldown_s)
     first_seen = app.Table("first-seen", default=None)
     window = totals.table.window
     assert window is not None
@@ -149,6 +248,20 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
             for b in starts
         }
 
+    def sums_for(key: str, ts: float) -> dict[int, float]:
+        starts = baseline_buckets(ts, rules) + window_buckets(ts, rules)
+        return {b: scores.table[(key, window.current(float(b)))] for b in starts}
+
+    async def severe(item: ScoredItem, story: str) -> None:
+        rule = rules.severe_item
+        if rule is None:
+            return
+        ts = item.scored_at.timestamp()
+        for trip in severe_trips(item, alerter.watchlists, rule):
+            if episodes.admit((trip.watchlist.name, trip.ticker, rule.name), story, ts):
+                alert = severe_alert(rule, trip, item, story)
+                await alerter.publish(alert, alerts_topic, alerter.routes.get(trip.watchlist.name))
+
     @app.agent(scored)
     async def fan_out(stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
@@ -157,6 +270,12 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
             except ValidationError as error:
                 log.warning("skipping a scored message that is not a ScoredItem: %s", error)
                 continue
+            await alerter.ready.wait()
+            ts = item.scored_at.timestamp()
+            story = stories.observe(item.id, story_text(item.title, item.text), ts, item.tickers)
+            await severe(item, story)
+            if story != item.id and rules.stories.count_once:
+                continue  # the same story again: it counts once
             for entry in keyed_items(item, rules, now=time.time()):
                 await keyed.send(
                     key=entry.table_key.encode(), value=entry.model_dump_json().encode()
@@ -171,6 +290,7 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
             if seen is None or entry.ts < seen:
                 first_seen[key] = seen = entry.ts
             totals.relative_to(entry.ts)[key] += 1
+            scores.relative_to(entry.ts)[key] += entry.score
             if entry.negative:
                 negatives.relative_to(entry.ts)[key] += 1
                 samples[key] = add_sample(samples[key], entry.sample, rules.sample_size)
@@ -186,12 +306,42 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
             )
             if alert is not None:
                 last_alert[key] = entry.ts
-                await alerter.publish(alert, alerts_topic)
+                await alerter.publish_routed(alert, alerts_topic)
+            if entry.key_type == "ticker" and entry.key in alerter.watched:
+                shift = shift_alert(
+                    rules,
+                    entry.key,
+                    entry.ts,
+                    counts_for(key, entry.ts),
+                    sums_for(key, entry.ts),
+                    last_alert_at=last_shift.get(key),
+                    samples=samples[key],
+                )
+                if shift is not None:
+                    last_shift[key] = entry.ts
+                    await alerter.publish_routed(shift, alerts_topic)
 
     @app.task
     async def deliver() -> None:
         await alerts_topic.maybe_declare()
         await alerter.deliver_forever()
+
+    @app.task
+    async def watchlists() -> None:
+        await alerter.keep_watchlists(episodes, stories)
+
+    @app.task
+    async def digests() -> None:
+        smtp = SmtpConfig.from_settings(settings)
+        if smtp is None or not settings.digest_at:
+            return
+        await alerter.ready.wait()
+        while True:
+            try:
+                await send_due_digests(settings, es, alerter.watchlists, smtp, utcnow())
+            except Exception:
+                log.exception("digest round failed")
+            await asyncio.sleep(60)
 
     @app.on_before_shutdown.connect
     async def close_clients(app: faust.App, **kwargs: Any) -> None:

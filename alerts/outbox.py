@@ -10,18 +10,23 @@ name targets by a hash only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+import smtplib
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 from elasticsearch import AsyncElasticsearch, ConflictError, NotFoundError
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
+from finsentry.alerts.email import SmtpConfig, alert_message
+from finsentry.alerts.email import send as send_email
 from finsentry.alerts.rules import DeliveryPolicy, slack_body, webhook_body
 from finsentry.alerts.store import AlertDocument
+from finsentry.alerts.watchlists import ChannelSpec, Watchlist
 from finsentry.messages import Alert, utcnow
 from finsentry.settings import Settings
 
@@ -31,25 +36,48 @@ ALERT_ID_HEADER = "X-Finsentry-Alert-Id"
 
 
 class Target(BaseModel):
-    """One webhook: `generic` gets the Alert as JSON, `slack` a Slack-compatible body."""
+    """One channel: `generic` webhooks get the Alert as JSON, `slack` a Slack-compatible
+    body, `email` a readable message to `to` over SMTP."""
 
     id: str
-    kind: Literal["generic", "slack"]
-    url: SecretStr
+    kind: Literal["generic", "slack", "email"]
+    url: SecretStr | None = None
+    to: list[str] = Field(default_factory=list)
 
     @classmethod
     def of(cls, kind: Literal["generic", "slack"], url: str) -> Target:
         digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
         return cls(id=f"{kind}-{digest}", kind=kind, url=SecretStr(url))
 
+    @classmethod
+    def from_channel(cls, channel: ChannelSpec, urls: Mapping[str, SecretStr]) -> Target | None:
+        """A watchlist channel's target; None for a webhook whose URL is not configured."""
+        if channel.kind == "email":
+            return cls(id=channel.target_id, kind="email", to=channel.to)
+        url = urls.get(channel.name or "")
+        if url is None:
+            return None
+        kind: Literal["generic", "slack"] = "slack" if channel.kind == "slack" else "generic"
+        return cls(id=channel.target_id, kind=kind, url=url)
+
     def body(self, alert: Alert) -> dict[str, Any]:
         return slack_body(alert) if self.kind == "slack" else webhook_body(alert)
 
 
 def targets_from_settings(settings: Settings) -> list[Target]:
+    """The default targets: every alert not routed by a watchlist goes to these."""
     targets = [Target.of("generic", url) for url in settings.webhook_urls]
     targets += [Target.of("slack", url) for url in settings.slack_webhook_urls]
     return list({t.id: t for t in targets}.values())
+
+
+def watchlist_targets(watchlist: Watchlist, settings: Settings) -> list[Target]:
+    targets = [Target.from_channel(c, settings.alert_channel_urls) for c in watchlist.channels]
+    found = [t for t in targets if t is not None]
+    missing = [c.name for c, t in zip(watchlist.channels, targets, strict=True) if t is None]
+    if missing:
+        log.warning("watchlist %s: channels without a URL: %s", watchlist.name, missing)
+    return list({t.id: t for t in found}.values())
 
 
 def backoff_s(attempts: int, policy: DeliveryPolicy) -> float:
@@ -92,17 +120,26 @@ class Outbox:
         policy: DeliveryPolicy,
         http: httpx.AsyncClient,
         clock: Callable[[], datetime] = utcnow,
+        smtp: SmtpConfig | None = None,
     ) -> None:
         self._es = es
         self._index = index
         self._targets = {t.id: t for t in targets}
+        self._defaults = list(self._targets)
         self._policy = policy
         self._http = http
         self._clock = clock
+        self._smtp = smtp
 
-    async def put(self, alert: Alert) -> bool:
-        """Store a new alert as undelivered; False when it is already there (a replay)."""
-        doc = AlertDocument.new(alert, list(self._targets), self._clock())
+    def add_targets(self, targets: list[Target]) -> None:
+        """Make (watchlist) targets known, so that alerts routed to them can be delivered."""
+        self._targets.update({t.id: t for t in targets})
+
+    async def put(self, alert: Alert, targets: list[str] | None = None) -> bool:
+        """Store a new alert as undelivered, for `targets` (default: the default targets);
+        False when it is already there (a replay)."""
+        chosen = self._defaults if targets is None else list(dict.fromkeys(targets))
+        doc = AlertDocument.new(alert, chosen, self._clock())
         try:
             await self._es.create(
                 index=self._index, id=alert.id, document=doc.model_dump(mode="json")
@@ -180,7 +217,18 @@ class Outbox:
         return delivered
 
     async def _post(self, target: Target, alert: Alert) -> str | None:
-        """None on a 2xx answer, else a short error (never the URL)."""
+        """None on a 2xx answer (or an e-mail the server took), else a short error (never
+        the URL or a password)."""
+        if target.kind == "email":
+            if self._smtp is None:
+                return "SMTP not configured (FINSENTRY_SMTP_HOST)"
+            message = alert_message(alert, self._smtp.sender, target.to)
+            try:
+                await asyncio.to_thread(send_email, self._smtp, message)
+            except (OSError, smtplib.SMTPException) as error:
+                return type(error).__name__
+            return None
+        assert target.url is not None
         try:
             response = await self._http.post(
                 target.url.get_secret_value(),

@@ -20,7 +20,9 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from finsentry.messages import Alert, ScoredItem
+from finsentry.alerts.stories import StoryPolicy
+from finsentry.alerts.watchlists import Watchlist, WatchlistSpec
+from finsentry.messages import Alert, ScoredItem, Sentiment
 
 KeyType = Literal["ticker", "topic"]
 NEGATIVE = "bearish"
@@ -56,6 +58,30 @@ class NegativeSpikeRule(BaseModel):
 Rule = Annotated[NegativeShareRule | NegativeSpikeRule, Field(discriminator="kind")]
 
 
+class SevereItemRule(BaseModel):
+    """One item about a watched company, bearish for that company (its per-company verdict
+    where there is one, else the item's) with at least `min_confidence`, and, when `topics`
+    is set, of one of those topics: alert at once, carrying the item."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "severe_item"
+    min_confidence: float = Field(0.8, ge=0.0, le=1.0)
+    topics: list[str] = Field(default_factory=list, description="Empty: any topic.")
+
+
+class SentimentShiftRule(BaseModel):
+    """A watched company's mean sentiment score (P(bull) - P(bear), per company) over the
+    window is at least `drop` below its mean over the baseline period before it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sentiment_shift"
+    drop: float = Field(0.5, gt=0.0, le=2.0)
+    min_volume: int = Field(5, ge=1, description="Items in the window.")
+    min_baseline_volume: int = Field(10, ge=1, description="Items in the baseline period.")
+
+
 class DeliveryPolicy(BaseModel):
     """How the outbox posts alerts to webhooks."""
 
@@ -79,10 +105,16 @@ class AlertRules(BaseModel):
     sample_size: int = Field(5, ge=0, le=50, description="Negative items attached to an alert.")
     rules: list[Rule] = Field(default_factory=lambda: [NegativeShareRule(), NegativeSpikeRule()])
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+    severe_item: SevereItemRule | None = Field(default_factory=SevereItemRule)
+    sentiment_shift: SentimentShiftRule | None = Field(default_factory=SentimentShiftRule)
+    stories: StoryPolicy = Field(default_factory=StoryPolicy)
+    watchlists: list[WatchlistSpec] = Field(default_factory=list)
+    watchlist_refresh_s: float = Field(2.0, gt=0, description="How often watchlists are read.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertRules:
         names = [rule.name for rule in self.rules]
+        names += [r.name for r in (self.severe_item, self.sentiment_shift) if r is not None]
         if len(names) != len(set(names)):
             raise ValueError(f"rule names must be unique: {names}")
         return self
@@ -117,6 +149,32 @@ class Counts(NamedTuple):
     negative: int
 
 
+class Verdict(NamedTuple):
+    """What an item says about one company."""
+
+    sentiment: Sentiment
+    confidence: float
+    score: float
+    name: str | None
+    source: str
+
+
+def company_verdicts(item: ScoredItem) -> dict[str, Verdict]:
+    """Each ticker of the item with its verdict: the per-company one where the models gave
+    one (`companies`), else the item's own (items scored by older models)."""
+    verdicts = {
+        c.ticker: Verdict(c.sentiment, c.confidence, c.score, c.name, c.source)
+        for c in item.companies
+        if c.ticker
+    }
+    for ticker in item.tickers:
+        if ticker and ticker not in verdicts:
+            verdicts[ticker] = Verdict(
+                item.sentiment, item.sentiment_confidence, item.sentiment_score, None, "item"
+            )
+    return verdicts
+
+
 class KeyedItem(BaseModel):
     """What the alerter keeps of one scored item, once per key (ticker or topic) it counts for."""
 
@@ -124,6 +182,7 @@ class KeyedItem(BaseModel):
     key: str
     ts: float = Field(description="Event time: the item's scored_at, epoch seconds.")
     negative: bool
+    score: float = Field(0.0, description="The key's sentiment score in this item.")
     sample: dict[str, Any]
 
     @property
@@ -135,35 +194,123 @@ def table_key(key_type: KeyType, key: str) -> str:
     return f"{key_type}:{key}"
 
 
-def sample_of(item: ScoredItem) -> dict[str, Any]:
-    """The few fields of an item that travel with an alert."""
-    return {
+def sample_of(item: ScoredItem, verdict: Verdict | None = None) -> dict[str, Any]:
+    """The few fields of an item that travel with an alert; with a company's verdict, the
+    sentiment and confidence are that company's."""
+    sample = {
         "id": item.id,
-        "title": item.title,
+        "title": item.title or item.text[:200],
         "url": item.url,
         "source": item.source,
         "sentiment": item.sentiment,
         "sentiment_confidence": item.sentiment_confidence,
         "scored_at": item.scored_at.isoformat(),
     }
+    if verdict is not None:
+        sample.update(
+            sentiment=verdict.sentiment,
+            sentiment_confidence=round(verdict.confidence, 4),
+            sentiment_score=round(verdict.score, 4),
+            verdict_source=verdict.source,
+        )
+    return sample
 
 
 def keyed_items(item: ScoredItem, rules: AlertRules, now: float) -> list[KeyedItem]:
-    """One entry per key the item counts for; none when it is too old to reach any window."""
+    """One entry per key the item counts for; none when it is too old to reach any window.
+    A ticker counts as negative by the company's own verdict (company_verdicts)."""
     ts = item.scored_at.timestamp()
     if ts < now - rules.horizon_s:
         return []
-    wanted = rules.key_types()
-    keys: list[tuple[KeyType, str]] = []
+    wanted = rules.key_types() | ({"ticker"} if rules.sentiment_shift is not None else set())
+    entries: list[KeyedItem] = []
     if "ticker" in wanted:
-        keys.extend(("ticker", ticker) for ticker in dict.fromkeys(item.tickers) if ticker)
+        for ticker, verdict in company_verdicts(item).items():
+            entries.append(
+                KeyedItem(
+                    key_type="ticker",
+                    key=ticker,
+                    ts=ts,
+                    negative=verdict.sentiment == NEGATIVE,
+                    score=verdict.score,
+                    sample=sample_of(item, verdict),
+                )
+            )
     if "topic" in wanted and item.topic:
-        keys.append(("topic", item.topic))
-    negative = item.sentiment == NEGATIVE
-    sample = sample_of(item)
-    return [
-        KeyedItem(key_type=kt, key=k, ts=ts, negative=negative, sample=sample) for kt, k in keys
-    ]
+        entries.append(
+            KeyedItem(
+                key_type="topic",
+                key=item.topic,
+                ts=ts,
+                negative=item.sentiment == NEGATIVE,
+                score=item.sentiment_score,
+                sample=sample_of(item),
+            )
+        )
+    return entries
+
+
+class SevereTrip(NamedTuple):
+    watchlist: Watchlist
+    ticker: str
+    verdict: Verdict
+
+
+def severe_trips(
+    item: ScoredItem, watchlists: Sequence[Watchlist], rule: SevereItemRule
+) -> list[SevereTrip]:
+    """Every (watchlist, watched company) for which this one item is a severe item."""
+    if rule.topics and item.topic not in rule.topics:
+        return []
+    verdicts = company_verdicts(item)
+    trips = []
+    for watchlist in watchlists:
+        for ticker in sorted(watchlist.tickers & verdicts.keys()):
+            verdict = verdicts[ticker]
+            if verdict.sentiment == NEGATIVE and verdict.confidence >= rule.min_confidence:
+                trips.append(SevereTrip(watchlist, ticker, verdict))
+    return trips
+
+
+def severe_alert(rule: SevereItemRule, trip: SevereTrip, item: ScoredItem, story_id: str) -> Alert:
+    """The alert for one severe item; its id is the same for every item of the story."""
+    raw = f"{rule.name}|{trip.watchlist.name}|{trip.ticker}|{story_id}"
+    return Alert(
+        id=hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32],
+        rule=rule.name,
+        key_type="ticker",
+        key=trip.ticker,
+        window_start=item.scored_at,
+        window_end=item.scored_at,
+        total=1,
+        negative=1,
+        negative_share=1.0,
+        threshold=rule.min_confidence,
+        sample_items=[sample_of(item, trip.verdict)],
+        watchlist=trip.watchlist.name,
+        company=trip.verdict.name or trip.watchlist.company_name(trip.ticker),
+        story_id=story_id,
+    )
+
+
+def for_watchlists(alert: Alert, watchlists: Sequence[Watchlist]) -> list[Alert]:
+    """A ticker alert routed to each watchlist that holds the ticker (own ids)."""
+    if alert.key_type != "ticker":
+        return []
+    routed = []
+    for watchlist in watchlists:
+        if alert.key in watchlist.tickers:
+            raw = f"{alert.id}|{watchlist.name}"
+            routed.append(
+                alert.model_copy(
+                    update={
+                        "id": hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32],
+                        "watchlist": watchlist.name,
+                        "company": alert.company or watchlist.company_name(alert.key),
+                    }
+                )
+            )
+    return routed
 
 
 def bucket_start(ts: float, bucket_s: int) -> int:
@@ -298,6 +445,50 @@ def decide(
     return None
 
 
+def shift_alert(
+    rules: AlertRules,
+    key: str,
+    ts: float,
+    counts: Mapping[int, Counts],
+    score_sums: Mapping[int, float],
+    *,
+    last_alert_at: float | None,
+    samples: Sequence[dict[str, Any]] = (),
+) -> Alert | None:
+    """The sentiment_shift alert for a ticker's window ending at `ts`, if its mean score is
+    `drop` or more below the mean over the baseline period and it is not cooling down."""
+    rule = rules.sentiment_shift
+    if rule is None or in_cooldown(last_alert_at, ts, rules.cooldown_s):
+        return None
+    current, past = window_buckets(ts, rules), baseline_buckets(ts, rules)
+    zero = Counts(0, 0)
+    n_window = sum(counts.get(b, zero).total for b in current)
+    n_past = sum(counts.get(b, zero).total for b in past)
+    if n_window < rule.min_volume or n_past < rule.min_baseline_volume:
+        return None
+    mean = sum(score_sums.get(b, 0.0) for b in current) / n_window
+    baseline = sum(score_sums.get(b, 0.0) for b in past) / n_past
+    if baseline - mean < rule.drop:
+        return None
+    negative = sum(counts.get(b, zero).negative for b in current)
+    window_start = datetime.fromtimestamp(current[0], UTC)
+    return Alert(
+        id=alert_id(rule.name, "ticker", key, window_start),
+        rule=rule.name,
+        key_type="ticker",
+        key=key,
+        window_start=window_start,
+        window_end=datetime.fromtimestamp(current[-1] + rules.bucket_s, UTC),
+        total=n_window,
+        negative=negative,
+        negative_share=round(negative / n_window, 6),
+        threshold=rule.drop,
+        mean_score=round(mean, 6),
+        baseline_score=round(baseline, 6),
+        sample_items=list(samples)[: rules.sample_size],
+    )
+
+
 def add_sample(
     samples: Sequence[dict[str, Any]], sample: dict[str, Any], size: int
 ) -> list[dict[str, Any]]:
@@ -310,6 +501,24 @@ def summary(alert: Alert) -> str:
     """One line a person can act on."""
     minutes = round((alert.window_end - alert.window_start).total_seconds() / 60)
     what = f"{alert.key_type} {alert.key}"
+    if alert.company:
+        what = f"{alert.key} ({alert.company})"
+    if alert.watchlist:
+        what = f"[{alert.watchlist}] {what}"
+    if alert.story_id is not None:
+        item = alert.sample_items[0] if alert.sample_items else {}
+        confidence = float(item.get("sentiment_confidence") or 0.0)
+        return (
+            f"{what}: bearish item with {confidence:.0%} confidence (threshold "
+            f"{alert.threshold:.0%}): {item.get('title')!r} ({item.get('source')}) [{alert.rule}]"
+        )
+    if alert.mean_score is not None and alert.baseline_score is not None:
+        return (
+            f"{what}: mean sentiment {alert.mean_score:+.2f} over {alert.total} items in "
+            f"{minutes} min against {alert.baseline_score:+.2f} before, a drop of "
+            f"{alert.baseline_score - alert.mean_score:.2f} (limit {alert.threshold:.2f}) "
+            f"[{alert.rule}]"
+        )
     if alert.baseline is None:
         return (
             f"{what}: {alert.negative_share:.0%} of {alert.total} items bearish in {minutes} min "

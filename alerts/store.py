@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch, BadRequestError, Elasticsearch
-from pydantic import Field
+from elasticsearch import AsyncElasticsearch, BadRequestError, Elasticsearch, NotFoundError
+from pydantic import BaseModel, ConfigDict, Field
 
 from finsentry.alerts.rules import summary
 from finsentry.messages import Alert
@@ -44,6 +44,14 @@ ALERT_MAPPINGS: dict[str, Any] = {
         "next_attempt_at": _DATE,
         "last_error": {"type": "keyword", "ignore_above": 1024},
         "delivered_at": _DATE,
+        "watchlist": _KEYWORD,
+        "company": _KEYWORD,
+        "story_id": _KEYWORD,
+        "mean_score": {"type": "float"},
+        "baseline_score": {"type": "float"},
+        "acknowledged": {"type": "boolean"},
+        "acknowledged_at": _DATE,
+        "acknowledged_by": _KEYWORD,
     },
 }
 
@@ -59,13 +67,17 @@ class AlertDocument(Alert):
     next_attempt_at: datetime
     last_error: str | None = None
     delivered_at: datetime | None = None
+    acknowledged: bool = False
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
 
     @classmethod
     def new(cls, alert: Alert, targets: list[str], now: datetime) -> AlertDocument:
         return cls(
             **alert.model_dump(),
             summary=summary(alert),
-            tags=[alert.rule, f"{alert.key_type}:{alert.key}"],
+            tags=[alert.rule, f"{alert.key_type}:{alert.key}"]
+            + ([f"watchlist:{alert.watchlist}"] if alert.watchlist else []),
             delivered=not targets,
             pending_targets=targets,
             next_attempt_at=now,
@@ -98,6 +110,8 @@ def apply_alerts_template(es: Elasticsearch, index: str) -> None:
     try:
         if not es.indices.exists(index=index):
             es.indices.create(index=index)
+        else:
+            es.indices.put_mapping(index=index, properties=ALERT_MAPPINGS["properties"])
     except BadRequestError as error:
         if not _already_exists(error):
             raise
@@ -109,6 +123,85 @@ async def apply_alerts_template_async(es: AsyncElasticsearch, index: str) -> Non
     try:
         if not await es.indices.exists(index=index):
             await es.indices.create(index=index)
+        else:
+            # Fields added since the index was made (watchlists, acknowledgements).
+            await es.indices.put_mapping(index=index, properties=ALERT_MAPPINGS["properties"])
     except BadRequestError as error:
         if not _already_exists(error):
             raise
+
+
+class AlertFilter(BaseModel):
+    """Which alerts to list (API query parameters and CLI options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    watchlist: str | None = Field(None, max_length=64)
+    company: str | None = Field(None, max_length=100, description="Ticker or company name.")
+    rule: str | None = Field(None, max_length=64)
+    since: datetime | None = Field(None, description="Window ends at or after (ISO 8601).")
+    until: datetime | None = Field(None, description="Window ends before (ISO 8601).")
+    acknowledged: bool | None = None
+    size: int = Field(50, ge=1, le=500)
+
+    def query(self) -> dict[str, Any]:
+        filters: list[dict[str, Any]] = []
+        if self.watchlist:
+            filters.append({"term": {"watchlist": self.watchlist}})
+        if self.company:
+            filters.append(
+                {
+                    "bool": {
+                        "should": [
+                            {"term": {"key": self.company.upper()}},
+                            {"term": {"company": self.company}},
+                        ]
+                    }
+                }
+            )
+        if self.rule:
+            filters.append({"term": {"rule": self.rule}})
+        window: dict[str, str] = {}
+        if self.since:
+            window["gte"] = self.since.isoformat()
+        if self.until:
+            window["lt"] = self.until.isoformat()
+        if window:
+            filters.append({"range": {"window_end": window}})
+        if self.acknowledged is not None:
+            if self.acknowledged:
+                filters.append({"term": {"acknowledged": True}})
+            else:
+                filters.append({"bool": {"must_not": {"term": {"acknowledged": True}}}})
+        return {"bool": {"filter": filters}}
+
+
+def search_alerts(es: Elasticsearch, index: str, where: AlertFilter) -> list[AlertDocument]:
+    """Matching alerts, newest first."""
+    try:
+        found = es.search(
+            index=index,
+            query=where.query(),
+            sort=[{"window_end": "desc"}, {"created_at": "desc"}],
+            size=where.size,
+        )
+    except NotFoundError:
+        return []
+    return [AlertDocument.model_validate(hit["_source"]) for hit in found["hits"]["hits"]]
+
+
+def acknowledge(
+    es: Elasticsearch, index: str, alert_id: str, by: str | None, now: datetime
+) -> AlertDocument | None:
+    """Mark one alert acknowledged (idempotent); None when there is no such alert."""
+    try:
+        es.update(
+            index=index,
+            id=alert_id,
+            doc={"acknowledged": True, "acknowledged_at": now.isoformat(), "acknowledged_by": by},
+            refresh="wait_for",
+        )
+        found = es.get(index=index, id=alert_id)
+    except NotFoundError:
+        return None
+    return AlertDocument.model_validate(found["_source"])

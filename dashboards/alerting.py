@@ -148,13 +148,81 @@ def grafana_rule(
     )
 
 
+def _quoted(values: list[str]) -> str:
+    return "(" + " OR ".join(f'"{v}"' for v in values) + ")"
+
+
+def severe_item_rule(watchlist: str, tickers: list[str], cfg: GrafanaConfig) -> alerting.Rule:
+    """The severe-item rule for one watchlist of the rules file, on the item's own verdict
+    (Grafana's Elasticsearch queries cannot reach the nested per-company verdicts; the
+    stream alerter uses those): any bearish item about a watched ticker with at least the
+    rule's confidence in the last two buckets fires, labelled by ticker. An item that names
+    a watched and an unwatched company fires for both labels."""
+    rule = cfg.rules.severe_item
+    assert rule is not None
+    query = (
+        f"sentiment:bearish AND sentiment_confidence:>={_number(rule.min_confidence)} "
+        f"AND tickers:{_quoted(tickers)}"
+    )
+    if rule.topics:
+        query += f" AND topic:{_quoted(rule.topics)}"
+    span = 2 * cfg.rules.bucket_s
+    queries = [
+        _es_query("A", query, "tickers", f"{cfg.rules.bucket_s}s", span),
+        _sum("C", "A"),
+        _math("E", "$C >= 1"),
+        _fires_when_positive("F", "E"),
+    ]
+    return (
+        alerting.Rule(f"Severe item on watchlist {watchlist}")
+        .uid(f"finsentry-severe-item-{watchlist}".replace("_", "-")[:40])
+        .org_id(ORG_ID)
+        .folder_uid(FOLDER_UID)
+        .rule_group(RULE_GROUP)
+        .condition("F")
+        .queries(queries)
+        .for_val("0s")
+        .no_data_state("OK")
+        .exec_err_state("Error")
+        .labels({"team": "finsentry", "rule": rule.name, "watchlist": watchlist})
+        .annotations(
+            {
+                "summary": (
+                    "{{ $labels.tickers }}: {{ $values.C.Value }} bearish item(s) with "
+                    f"confidence >= {rule.min_confidence:.0%} (watchlist {watchlist})"
+                ),
+                "description": f"finsentry rule {rule.name} on watchlist {watchlist}.",
+                "__dashboardUid__": MARKET_UID,
+            }
+        )
+    )
+
+
+def watchlist_tickers(cfg: GrafanaConfig) -> dict[str, list[str]]:
+    """The rules file's watchlists, resolved to tickers with the vendored company lists."""
+    if not cfg.rules.watchlists:
+        return {}
+    from finsentry.alerts.watchlists import CompanyDirectory, resolve_watchlist
+    from finsentry.settings import Settings, default_company_files
+
+    data_dir = Settings.model_fields["data_dir"].default
+    directory = CompanyDirectory.from_files(default_company_files(data_dir))
+    return {
+        spec.name: sorted(resolve_watchlist(spec.name, spec, directory).tickers)
+        for spec in cfg.rules.watchlists
+    }
+
+
 def grafana_rules(cfg: GrafanaConfig) -> list[dict[str, Any]]:
     """The rules in Grafana's HTTP API shape (ProvisionedAlertRule)."""
-    return [
-        to_plain(grafana_rule(rule, key_type, cfg).build())
-        for rule in cfg.rules.rules
-        for key_type in rule.key_types
+    built = [
+        grafana_rule(rule, key_type, cfg) for rule in cfg.rules.rules for key_type in rule.key_types
     ]
+    if cfg.rules.severe_item is not None:
+        built += [
+            severe_item_rule(name, tickers, cfg) for name, tickers in watchlist_tickers(cfg).items()
+        ]
+    return [to_plain(rule.build()) for rule in built]
 
 
 def rule_group(cfg: GrafanaConfig) -> dict[str, Any]:
@@ -183,7 +251,7 @@ def notification_policy() -> dict[str, Any]:
     built = (
         alerting.NotificationPolicy()
         .receiver(CONTACT_POINT)
-        .group_by(["grafana_folder", "alertname", "tickers", "topic"])
+        .group_by(["grafana_folder", "alertname", "watchlist", "tickers", "topic"])
         .group_wait("30s")
         .group_interval("5m")
         .repeat_interval("4h")

@@ -14,6 +14,8 @@ from grafana_foundation_sdk.models.elasticsearch import TermsOrder
 from finsentry.alerts.rules import NegativeShareRule
 from finsentry.dashboards.config import (
     ALERTS_DS_UID,
+    ALERTS_TIME_FIELD,
+    ALERTS_UID,
     DEAD_LETTERS_DS_UID,
     DEAD_LETTERS_TIME_FIELD,
     ITEMS_DS_UID,
@@ -430,4 +432,225 @@ def pipeline_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
         .with_panel(dead_letters)
         .with_panel(newest_dead)
     )
+    for panel in source_health_panels(y=24):
+        board = board.with_panel(panel)
     return to_plain(board.build())
+
+
+def source_health_panels(y: int) -> list[Any]:
+    """Pipeline health rows for the sources stage (sources/): items per source over time and
+    each source's volume and last item. Poll status and errors per source are Prometheus
+    metrics of the runner (`finsentry_source_*`) and `finsentry sources health`."""
+    per_source = (
+        timeseries.Panel()
+        .title("Items by source")
+        .description("Items per interval by NewsItem.source (feeds, filings, APIs, push).")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                "*",
+                [count("1")],
+                [terms("2", "source", size=20), histogram("3", "ingested_at")],
+            )
+        )
+        .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL))
+        .fill_opacity(40)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 12, 0, y))
+    )
+    sources = (
+        table.Panel()
+        .show_header(True)
+        .title("Sources")
+        .description("Items per source in the time range and when its newest item arrived.")
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .with_target(
+            _items(
+                "A",
+                "*",
+                [count("1"), max_("2", "ingested_at")],
+                [terms("3", "source", size=50, order_by="2")],
+            )
+        )
+        .override_by_name(
+            "Max ingested_at",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="dateTimeAsIso"),
+                dm.DynamicConfigValue(id_val="displayName", value="Newest item"),
+            ],
+        )
+        .grid_pos(_grid(8, 12, 12, y))
+    )
+    return [per_source, sources]
+
+
+WATCHLIST_VAR = "watchlist"
+# Alerts of the selected watchlists; with "All", every alert that has a watchlist.
+WATCHLIST_FILTER = f"watchlist:${WATCHLIST_VAR}"
+
+
+def _alerts(ref: str, query: str, metrics: list[Any], buckets: list[Any]) -> Any:
+    return target(
+        ref,
+        datasource=ALERTS_DS_UID,
+        time_field=ALERTS_TIME_FIELD,
+        query=query,
+        metrics=metrics,
+        buckets=buckets,
+    )
+
+
+def _watchlist_variable() -> db.QueryVariable:
+    return (
+        db.QueryVariable(WATCHLIST_VAR)
+        .label("Watchlist")
+        .datasource(ds_ref(ALERTS_DS_UID))
+        .query('{"find": "terms", "field": "watchlist", "size": 200}')
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value("*")
+        .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
+# The alerts of the shown watchlists as annotations on the sentiment timeline.
+WATCHLIST_ANNOTATION_FIELDS: dict[str, Any] = {
+    "target": {"refId": "Anno", "query": WATCHLIST_FILTER, "limit": 200},
+    "timeField": "window_start",
+    "timeEndField": "window_end",
+    "textField": "summary",
+    "tagsField": "tags",
+}
+
+
+def alerts_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
+    """Alerts per watchlist and company, what tripped, the newest alerts, and the net
+    sentiment of the alerted companies with the alerts as annotations."""
+    del cfg
+    per_watchlist = (
+        timeseries.Panel()
+        .title("Alerts per watchlist")
+        .description("Alerts per interval (by window end), stacked by watchlist.")
+        .datasource(ds_ref(ALERTS_DS_UID))
+        .with_target(
+            _alerts(
+                "A",
+                WATCHLIST_FILTER,
+                [count("1")],
+                [terms("2", "watchlist", size=20), histogram("3", ALERTS_TIME_FIELD)],
+            )
+        )
+        .draw_style(cm.GraphDrawStyle.BARS)
+        .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL))
+        .fill_opacity(80)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 12, 0, 0))
+    )
+    per_company = (
+        bargauge.Panel()
+        .title("Alerts per company")
+        .description("Alerts in the time range per ticker (the 20 most alerted).")
+        .datasource(ds_ref(ALERTS_DS_UID))
+        .with_target(
+            _alerts(
+                "A",
+                f"key_type:ticker AND {WATCHLIST_FILTER}",
+                [count("1")],
+                [terms("2", "key", size=20)],
+            )
+        )
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+        .reduce_options(common.ReduceDataOptions().values(True).calcs([]).fields("/^Count$/"))
+        .grid_pos(_grid(8, 6, 12, 0))
+    )
+    per_rule = (
+        piechart.Panel()
+        .title("Alerts per rule")
+        .datasource(ds_ref(ALERTS_DS_UID))
+        .with_target(_alerts("A", WATCHLIST_FILTER, [count("1")], [terms("2", "rule", size=10)]))
+        .pie_type("donut")
+        .reduce_options(common.ReduceDataOptions().values(True).calcs([]).fields("/^Count$/"))
+        .grid_pos(_grid(8, 6, 18, 0))
+    )
+    newest = (
+        table.Panel()
+        .show_header(True)
+        .title("Newest alerts")
+        .description("The 100 newest alerts of the shown watchlists; acknowledge with the API.")
+        .datasource(ds_ref(ALERTS_DS_UID))
+        .with_target(_alerts("A", WATCHLIST_FILTER, [raw_data("1", 100)], []))
+        .with_transformation(
+            _organize(
+                [
+                    ALERTS_TIME_FIELD,
+                    "watchlist",
+                    "key",
+                    "company",
+                    "rule",
+                    "summary",
+                    "delivered",
+                    "acknowledged",
+                ]
+            )
+        )
+        .grid_pos(_grid(10, 24, 0, 8))
+    )
+    sentiment = (
+        timeseries.Panel()
+        .title("Net sentiment of alerted companies")
+        .description(
+            "(bullish - bearish) / total per interval per ticker, with the watchlist alerts as "
+            "annotations. Pick tickers with the Market sentiment board for per-company detail."
+        )
+        .datasource(ds_ref(ITEMS_DS_UID))
+        .targets(
+            [
+                _items("A", BULLISH_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
+                    True
+                ),
+                _items("B", NEGATIVE_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
+                    True
+                ),
+                _items("C", TICKER_FILTER, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
+                    True
+                ),
+                math("D", "($A - $B) / $C"),
+            ]
+        )
+        .display_name("net sentiment")
+        .min(-1)
+        .max(1)
+        .span_nulls(True)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(9, 24, 0, 18))
+    )
+    board = (
+        db.Dashboard("Alerts")
+        .uid(ALERTS_UID)
+        .description("What finsentry alerted on, per watchlist and company.")
+        .tags(["finsentry"])
+        .editable()
+        .timezone("browser")
+        .time("now-24h", "now")
+        .refresh("30s")
+        .with_variable(_watchlist_variable())
+        .with_variable(_ticker_variable())
+        .annotation(_alert_annotations())
+        .with_panel(per_watchlist)
+        .with_panel(per_company)
+        .with_panel(per_rule)
+        .with_panel(newest)
+        .with_panel(sentiment)
+    )
+    data = to_plain(board.build())
+    for annotation in data["annotations"]["list"]:
+        if annotation.get("datasource", {}).get("uid") == ALERTS_DS_UID:
+            annotation.update(WATCHLIST_ANNOTATION_FIELDS)
+    return data

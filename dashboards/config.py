@@ -21,6 +21,7 @@ DEAD_LETTERS_TIME_FIELD = "failed_at"
 
 MARKET_UID = "finsentry-market"
 PIPELINE_UID = "finsentry-pipeline"
+ALERTS_UID = "finsentry-alerts-board"
 CONTACT_POINT = "finsentry-webhook"
 RULE_GROUP = "finsentry-sentiment"
 

@@ -175,11 +175,13 @@ COMPANY_TEMPLATES: tuple[Template, ...] = _company_templates(
                 "{name} recalls {units} units over a safety defect",
                 "{name} widens recall after regulators flag {defect}",
                 "{name} halts shipments of its {product} pending safety review",
+                "{name} shares plunge {pct}% as recall of {units} units widens",
             ),
             "probe": (
                 "{name} shares slide on report of federal probe into its accounting",
                 "Regulators open investigation into {name} sales practices",
                 "{name} discloses SEC subpoena; stock falls {pct}%",
+                "{name} under SEC investigation over accounting irregularities; shares sink {pct}%",
             ),
             "guidance": (
                 "{name} cuts full-year outlook, citing weaker demand",
@@ -190,15 +192,25 @@ COMPANY_TEMPLATES: tuple[Template, ...] = _company_templates(
             "downgrade": (
                 "{firm} downgrades {name} to underperform, cuts price target to ${pt_lo}",
                 "{name} cut to sell at {firm} on margin worries",
+                "{name} stock falls {pct}% after {firm} downgrade to sell",
             ),
             "legal": (
                 "{name} hit with class action lawsuit over misleading disclosures",
                 "Short seller {short_firm} targets {name}, alleging inflated revenue",
             ),
-            "layoffs": ("{name} to cut {n_jobs} jobs as restructuring deepens",),
-            "exec": ("{name} CFO resigns abruptly; shares fall {pct}%",),
+            "layoffs": (
+                "{name} to cut {n_jobs} jobs as restructuring deepens",
+                "{name} shares drop {pct}% as it announces {n_jobs} layoffs amid falling sales",
+            ),
+            "exec": (
+                "{name} CFO resigns abruptly; shares fall {pct}%",
+                "{name} stock tumbles {pct}% after CEO departs amid accounting questions",
+            ),
             "": ("{name} suspends dividend to preserve cash as losses mount",),
-            "breach": ("{name} reports data breach affecting millions of customers",),
+            "breach": (
+                "{name} reports data breach affecting millions of customers",
+                "{name} shares fall {pct}% after massive data breach exposes customer records",
+            ),
         },
         ("bullish", "news"): {
             "": (
@@ -490,7 +502,8 @@ class MarketSimulator:
         burst_every: int = 600,
         burst_length: int = 120,
         burst_focus: float = 0.5,
-        burst_bearish: float = 0.85,
+        burst_bearish: float = 0.9,
+        burst_social_share: float = 0.15,
         macro_share: float = 0.08,
         social_share: float = 0.55,
         mix: tuple[float, float, float] = (0.3, 0.35, 0.35),
@@ -508,6 +521,7 @@ class MarketSimulator:
         self.burst_length = burst_length
         self.burst_focus = burst_focus
         self.burst_bearish = burst_bearish
+        self.burst_social_share = burst_social_share
         self.macro_share = macro_share
         self.social_share = social_share
         self.mix = dict(zip(("bearish", "neutral", "bullish"), mix, strict=True))
@@ -577,9 +591,10 @@ class MarketSimulator:
         rest = (1.0 - self.burst_bearish) / 2
         mix = {"bearish": self.burst_bearish, "neutral": rest, "bullish": rest}
         sentiment = self._pick_sentiment(rng, mix)
-        # Bad news travels on social media: bursts are chattier than calm markets.
-        style: Style = "social" if rng.random() < min(0.8, self.social_share + 0.15) else "news"
-        on_theme = theme if sentiment == "bearish" and rng.random() < 0.6 else None
+        # A burst is a news event: mostly wire headlines that say plainly what happened to
+        # the company (a classifier reads those as bearish), with some social chatter.
+        style: Style = "social" if rng.random() < self.burst_social_share else "news"
+        on_theme = theme if sentiment == "bearish" and rng.random() < 0.8 else None
         template = self._pick_company_template(rng, style, sentiment, company, theme=on_theme)
         return self._render(rng, template, company, n, published, burst=True)
 

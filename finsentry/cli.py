@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from finsentry.alerts import cli as alerts_cli
 from finsentry.dashboards import cli as dashboards_cli
+from finsentry.models import cli as models_cli
 from finsentry.queries import cli as queries_cli
 from finsentry.services import cli as services_cli
 from finsentry.settings import Settings
+from finsentry.sources import cli as sources_cli
 from finsentry.streams import cli as streams_cli
 from finsentry.training import cli as training_cli
 
@@ -24,5 +27,14 @@ def main(ctx: typer.Context) -> None:
     ctx.obj = Settings()
 
 
-for stage in (services_cli, streams_cli, training_cli, queries_cli, dashboards_cli):
+for stage in (
+    services_cli,
+    sources_cli,
+    streams_cli,
+    training_cli,
+    models_cli,
+    queries_cli,
+    dashboards_cli,
+    alerts_cli,
+):
     stage.register(app)

@@ -71,12 +71,48 @@ class LabelScores(BaseModel):
     probs: dict[str, float]
 
 
+class Mention(BaseModel):
+    """Where a company is named in the text the model read: character offsets."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class CompanyMention(BaseModel):
+    """A company the entity linker found, with every place it is named."""
+
+    ticker: str
+    name: str | None = None
+    mentions: list[Mention] = Field(default_factory=list)
+
+
+class CompanyScores(BaseModel):
+    """The models' verdict about one company of a text.
+
+    `source` says where it comes from: `entity_head` (the per-company head read the
+    mentions) or `text` (no per-company head, or no mention offsets: the text's own verdict)."""
+
+    ticker: str
+    name: str | None = None
+    sentiment: Sentiment
+    confidence: float = Field(ge=0.0, le=1.0)
+    probs: dict[str, float] = Field(default_factory=dict)
+    score: float = Field(ge=-1.0, le=1.0, description="P(bullish) - P(bearish)")
+    source: Literal["entity_head", "text"] = "entity_head"
+    mentions: list[Mention] = Field(default_factory=list)
+
+
 class ItemScores(BaseModel):
-    """Both classifiers' answers for one text, as the models stage returns them."""
+    """Every classifier's answer for one text, as the models stage returns them."""
 
     topic: LabelScores
     sentiment: LabelScores
     sentiment_score: float = Field(ge=-1.0, le=1.0, description="P(bullish) - P(bearish)")
+    companies: list[CompanyScores] = Field(default_factory=list)
+    evidence: str | None = Field(
+        None, description="The most negative chunk of a text scored in chunks."
+    )
+    chunks: int = Field(1, ge=1, description="How many model windows the text was cut into.")
 
 
 class ScoredItem(NewsItem):
@@ -90,6 +126,11 @@ class ScoredItem(NewsItem):
     sentiment_confidence: float = Field(ge=0.0, le=1.0)
     sentiment_probs: dict[str, float] = Field(default_factory=dict)
     sentiment_score: float = Field(ge=-1.0, le=1.0, description="P(bullish) - P(bearish)")
+    companies: list[CompanyScores] = Field(
+        default_factory=list, description="Each company of `tickers` with its own verdict."
+    )
+    evidence: str | None = None
+    chunks: int = Field(1, ge=1)
     model_version: str
     ingested_at: datetime = Field(description="When the raw message reached Kafka.")
     scored_at: datetime
@@ -150,3 +191,8 @@ class Alert(BaseModel):
     threshold: float
     sample_items: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
+    watchlist: str | None = Field(None, description="The watchlist it is routed by, if any.")
+    company: str | None = Field(None, description="The company's name, for ticker alerts.")
+    story_id: str | None = Field(None, description="severe_item: the story (near-duplicates).")
+    mean_score: float | None = Field(None, description="sentiment_shift: the window's mean.")
+    baseline_score: float | None = Field(None, description="sentiment_shift: the baseline mean.")

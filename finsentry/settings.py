@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,12 +14,13 @@ KAFKA_VERSION = "3.9.1"
 ELASTICSEARCH_VERSION = "9.5.4"
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-_DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "datasets"
+# Vendored into the repository (data/README.md): a fresh clone is self-contained.
+_DEFAULT_DATA_DIR = _REPO_ROOT / "data"
 
 
 def default_company_files(data_dir: Path) -> list[Path]:
     companies = data_dir / "companies"
-    names = ("sp500_constituents.csv", "nasdaq-listed.csv", "nyse-listed.csv")
+    names = ("sp500_constituents.csv", "nasdaq-listed.csv", "nyse-listed.csv", "aliases.csv")
     return [companies / n for n in names if (companies / n).exists()]
 
 
@@ -97,6 +98,23 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda")
     data_dir: Path = Field(_DEFAULT_DATA_DIR, description="Labelled training data.")
     company_files: list[Path] = Field(default_factory=list, validate_default=True)
+    # model lifecycle (models/registry.py, training/defaults.py, index/rescore.py)
+    model_poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between a worker's checks for a newly promoted model."
+    )
+    bootstrap_max_samples: int | None = Field(
+        None, ge=10, description="Cap per task for the bootstrap model (quick runs, tests)."
+    )
+    default_train_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig fields over the default recipe (JSON)."
+    )
+    rescore_batch: int = Field(256, ge=1, le=10_000, description="Items a rescore bulk.")
+    rescore_max_rate: float = Field(
+        0.0, ge=0, description="Most items/s a rescore runs at; 0 = as fast as `nice` allows."
+    )
+    rescore_nice: int = Field(
+        10, ge=0, le=19, description="CPU niceness of a rescore, so live scoring comes first."
+    )
 
     # --- alerts, dashboards, API ------------------------------------------------------
     webhook_urls: list[str] = Field(default_factory=list)
@@ -113,6 +131,57 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_rate_limit: int = Field(120, ge=0, description="Requests a client a minute; 0 = off.")
+
+    # --- sources (sources/): RSS/Atom, EDGAR, JSON polling, HTTP push ------------------
+    sources_file: Path | None = Field(None, description="The sources to poll (YAML).")
+    sources_user_agent: str = Field(
+        "finsentry/0.1 (set FINSENTRY_SOURCES_USER_AGENT to 'name email')",
+        description="User-Agent of every poll; SEC EDGAR wants one naming you.",
+    )
+    sources_timeout: float = Field(20.0, gt=0, description="Seconds per poll request.")
+    sources_max_bytes: int = Field(
+        5_000_000, ge=1024, description="Larger responses are refused (a counted error)."
+    )
+    sources_max_backoff: float = Field(
+        900.0, gt=0, description="Most seconds a failing source waits before trying again."
+    )
+    sources_max_redirects: int = Field(5, ge=0)
+    sources_remember: int = Field(
+        5000, ge=10, description="Sent entry ids each source remembers (no re-sends)."
+    )
+    source_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Values for ${NAME} in source URLs and headers (JSON, or __NAME vars).",
+    )
+    sources_metrics_port: int = Field(
+        9102, ge=0, le=65535, description="The sources runner's Prometheus endpoint; 0 = off."
+    )
+    push_max_bytes: int = Field(
+        2_000_000, ge=1024, description="Largest body POST /v1/items accepts (else 413)."
+    )
+
+    # --- alerts: watchlists, channels, e-mail, digest (alerts/) ------------------------
+    watchlists_index: str = Field("finsentry-watchlists", description="Watchlist documents.")
+    alert_channel_urls: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Webhook or Slack URL per channel name that watchlists route to (JSON).",
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for e-mail channels.")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "finsentry@localhost"
+    smtp_tls: str = Field("none", pattern="^(none|starttls|ssl)$", description="none|starttls|ssl")
+    smtp_timeout: float = Field(10.0, gt=0)
+    digest_at: str | None = Field(
+        "20:30", description="UTC HH:MM of the daily watchlist digest e-mail; empty = off."
+    )
+
+    @field_validator("alert_channel_urls", mode="before")
+    @classmethod
+    def _no_channels(cls, value: object) -> object:
+        """`[]` (docker-compose's empty default for URL lists) means no channels."""
+        return {} if value in ([], None) else value
 
     @field_validator("company_files", mode="after")
     @classmethod

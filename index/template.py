@@ -44,7 +44,29 @@ ITEM_MAPPINGS: dict[str, Any] = {
             "properties": {"bearish": _FLOAT, "neutral": _FLOAT, "bullish": _FLOAT}
         },
         "sentiment_score": _FLOAT,
+        # One entry per company with its own verdict; nested so that a query can ask for
+        # "ticker X and bearish" about the same company, not any company of the item.
+        "companies": {
+            "type": "nested",
+            "properties": {
+                "ticker": _KEYWORD,
+                "name": _KEYWORD,
+                "sentiment": _KEYWORD,
+                "confidence": _FLOAT,
+                "probs": {"properties": {"bearish": _FLOAT, "neutral": _FLOAT, "bullish": _FLOAT}},
+                "score": _FLOAT,
+                "source": _KEYWORD,
+                "mentions": {
+                    "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}}
+                },
+            },
+        },
+        "evidence": {"type": "text"},
+        "chunks": {"type": "integer"},
         "model_version": _KEYWORD,
+        # Written by `finsentry rescore` (index/rescore.py) when a newer model re-scores.
+        "rescored_at": _DATE,
+        "previous_model_version": _KEYWORD,
     },
     # Topic names are data (20 of them, with spaces): map whatever arrives as floats.
     "dynamic_templates": [

@@ -7,7 +7,11 @@ Layout of one artifact (`<models_dir>/<UTC stamp>-<version>/`)::
                         (config.json with id2label, model.safetensors, tokenizer files);
                         with `shared_encoder` the checkpoints hold the same encoder weights
                         (one encoder, one head per task) and the encoder runs once per batch
+    entity/             optional per-company head on the shared encoder (`EntityHead`):
+                        head.safetensors + config.json (labels, hidden size)
     model.onnx          ONNX runtime only: one graph, input ids in, `logits_<task>` out
+                        (with a per-company head also `entity_mask`, `entity_row` in
+                        and `logits_entity` out)
     metrics.json, README.md, *.png   training report (training artifacts)
 
 The version is a hash of the weights, the training data fingerprint and the parameters.
@@ -55,18 +59,28 @@ class TaskSpec(BaseModel):
     onnx_output: str | None = Field(None, description="Output name of this task's logits.")
 
 
+class EntityHeadSpec(BaseModel):
+    """The per-company sentiment head: reads the shared encoder's output over mentions."""
+
+    path: str = Field("entity", description="Folder of head.safetensors, relative.")
+    labels: list[str] = Field(description="Label names in logit order.")
+    hidden: int = Field(ge=1, description="Encoder hidden size.")
+    onnx_output: str | None = Field(None, description="Output name of its logits (ONNX).")
+
+
 class Manifest(BaseModel):
     format: Literal["finsentry-artifact"] = FORMAT
     format_version: int = 1
     version: str
     created_at: datetime
-    runtime: Literal["torch", "onnx"] = "torch"
+    runtime: Literal["torch", "onnx", "linear"] = "torch"
     shared_encoder: bool = Field(
         False, description="All tasks share one encoder (multitask); it runs once per batch."
     )
     max_length: int = Field(128, ge=8, le=8192)
     preprocess: Preprocess = Field("none", description="Text normalisation before tokenising.")
     tasks: dict[str, TaskSpec]
+    entity: EntityHeadSpec | None = Field(None, description="Per-company head, if trained.")
     base_model: str = ""
     parent_version: str | None = Field(None, description="The artifact this was exported from.")
     quantization: str | None = None
@@ -133,6 +147,11 @@ def validate_for_serving(manifest: Manifest, where: Path) -> None:
     if sorted(manifest.tasks[SENTIMENT].labels) != sorted(SENTIMENT_LABELS):
         raise ArtifactError(
             f"artifact {where}: sentiment labels {manifest.tasks[SENTIMENT].labels} must be "
+            f"exactly {list(SENTIMENT_LABELS)}"
+        )
+    if manifest.entity is not None and sorted(manifest.entity.labels) != sorted(SENTIMENT_LABELS):
+        raise ArtifactError(
+            f"artifact {where}: per-company labels {manifest.entity.labels} must be "
             f"exactly {list(SENTIMENT_LABELS)}"
         )
 
@@ -238,3 +257,30 @@ def save_task_models(
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         specs[task] = TaskSpec(path=task, labels=labels, tokenizer=first)
     return specs
+
+
+def save_entity_head(root: Path, head: Any, labels: list[str]) -> EntityHeadSpec:
+    """The per-company head's weights (safetensors) and its spec."""
+    from safetensors.torch import save_file
+
+    spec = EntityHeadSpec(labels=list(labels), hidden=head.hidden)
+    folder = Path(root) / spec.path
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    save_file(state, str(folder / "head.safetensors"))
+    (folder / "config.json").write_text(spec.model_dump_json(indent=2), encoding="utf-8")
+    return spec
+
+
+def load_entity_head(root: Path, spec: EntityHeadSpec) -> Any:
+    """An `EntityHead` with the artifact's weights (eval mode)."""
+    from safetensors.torch import load_file
+
+    from finsentry.models.heads import EntityHead
+
+    file = Path(root) / spec.path / "head.safetensors"
+    if not file.is_file():
+        raise ArtifactError(f"artifact {root}: per-company head weights {file} are missing")
+    head = EntityHead(spec.hidden, len(spec.labels))
+    head.load_state_dict(load_file(str(file)))
+    return head.eval()

@@ -2,7 +2,11 @@
 
 With a shared encoder (multitask artifacts) the encoder runs once and each task's
 classification head is applied to its output; otherwise each task's model runs in full.
-Training, serving and ONNX export all go through `TaskHeads`, so they cannot disagree."""
+Training, serving and ONNX export all go through `TaskHeads`, so they cannot disagree.
+
+The optional per-company head (`EntityHead`) reads the same encoder output: for each
+company it averages the hidden states of the tokens of all its mentions, puts the text's
+pooled vector beside them, and classifies that. It adds no encoder pass per company."""
 
 from __future__ import annotations
 
@@ -44,10 +48,47 @@ def tie_encoders(models: Mapping[str, PreTrainedModel]) -> None:
         setattr(model, model.base_model_prefix, first.base_model)
 
 
-class TaskHeads(nn.Module):
-    """Logits for every task, in `tasks` order, from one tokenised batch."""
+ENTITY = "entity"
 
-    def __init__(self, models: Mapping[str, PreTrainedModel], *, shared_encoder: bool) -> None:
+
+class EntityHead(nn.Module):
+    """Sentiment about one company from the encoder's output over its mentions.
+
+    `entity_mask` (companies x tokens) holds each company's weights over the tokens of its
+    mentions (summing to 1), `entity_row` the row of the batch its text is in."""
+
+    def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(2 * hidden, hidden)
+        self.classifier = nn.Linear(hidden, num_labels)
+
+    def forward(
+        self,
+        last_hidden: torch.Tensor,
+        entity_mask: torch.Tensor,
+        entity_row: torch.Tensor,
+    ) -> torch.Tensor:
+        rows = last_hidden.index_select(0, entity_row)  # companies x tokens x hidden
+        mention = (rows * entity_mask.unsqueeze(-1).to(rows.dtype)).sum(dim=1)
+        context = rows[:, 0]  # the text's [CLS] vector
+        features = torch.cat([mention, context], dim=-1)
+        return self.classifier(self.dropout(torch.tanh(self.dense(self.dropout(features)))))
+
+
+class TaskHeads(nn.Module):
+    """Logits for every task, in `tasks` order, from one tokenised batch; with an entity
+    head and entity inputs, the per-company logits come last."""
+
+    def __init__(
+        self,
+        models: Mapping[str, PreTrainedModel],
+        *,
+        shared_encoder: bool,
+        entity_head: EntityHead | None = None,
+    ) -> None:
         super().__init__()
         self.tasks: list[str] = list(models)
         self.models = nn.ModuleDict(dict(models))
@@ -55,12 +96,19 @@ class TaskHeads(nn.Module):
         if shared_encoder:
             tie_encoders(models)
         self.encoder_once = shared_encoder and can_share_encoder(models)
+        if entity_head is not None and not self.encoder_once:
+            raise ValueError(
+                "a per-company head needs one shared encoder (multitask, BERT/RoBERTa family)"
+            )
+        self.entity_head = entity_head
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        entity_mask: torch.Tensor | None = None,
+        entity_row: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -68,12 +116,24 @@ class TaskHeads(nn.Module):
         if self.encoder_once:
             first = self.models[self.tasks[0]]
             outputs = first.base_model(**inputs)
-            return tuple(
+            logits = tuple(
                 _HEADS[self.models[t].config.model_type](self.models[t], outputs)
                 for t in self.tasks
             )
+            if self.entity_head is not None and entity_mask is not None and entity_row is not None:
+                hidden = outputs.last_hidden_state
+                logits += (self.entity_head(hidden, entity_mask, entity_row),)
+            return logits
         return tuple(self.models[t](**inputs).logits for t in self.tasks)
 
     def task_logits(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        return dict(zip(self.tasks, out, strict=True))
+        """Per task; `entity` too when the batch carries `entity_mask` and `entity_row`."""
+        out = self(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("token_type_ids"),
+            batch.get("entity_mask"),
+            batch.get("entity_row"),
+        )
+        names = list(self.tasks) + ([ENTITY] if len(out) > len(self.tasks) else [])
+        return dict(zip(names, out, strict=True))

@@ -11,10 +11,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from finsentry.messages import ItemScores, LabelScores
-from finsentry.models.artifact import ArtifactError, Manifest, read_manifest
-from finsentry.models.labels import SENTIMENT, TOPIC
-from finsentry.models.text import preprocessor
+from finsentry.messages import CompanyMention, CompanyScores, ItemScores, LabelScores
+from finsentry.models.artifact import ArtifactError, Manifest, load_entity_head, read_manifest
+from finsentry.models.entity_inputs import entity_tensors
+from finsentry.models.heads import ENTITY
+from finsentry.models.labels import SENTIMENT, SENTIMENT_LABELS, TOPIC
+from finsentry.models.text import Span, clean_with_spans, preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +26,40 @@ CPU_BATCH_SIZE = 16
 CUDA_BATCH_SIZE = 128
 
 
+Companies = list[tuple[int, list[Span]]]
+"""Companies of a chunk: (row of its text in the chunk, its mentions' spans in that text)."""
+
+
 class _Group(Protocol):
     tasks: list[str]
+    has_entity: bool
+    tokenizer: Any
 
-    def encode(self, texts: list[str]) -> Any: ...
+    def encode(self, texts: list[str], companies: Companies) -> Any: ...
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]: ...
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int, tensors: str) -> Any:
+def tokenize(
+    tokenizer: Any, texts: list[str], max_length: int, tensors: str, offsets: bool = False
+) -> Any:
     """Padded to the longest text of the chunk. Called only from a scorer's one tokenizer
     thread: fast tokenizers fail ("Already borrowed") when threads share them."""
     return tokenizer(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors=tensors
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors=tensors,
+        return_offsets_mapping=offsets,
     )
+
+
+def entity_inputs(encoded: Any, companies: Companies) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`entity_mask`, `entity_row`, `covered` for a tokenised chunk (offsets popped)."""
+    offsets = np.asarray(encoded.pop("offset_mapping"))
+    width = offsets.shape[1]
+    return entity_tensors(offsets.tolist(), companies, width)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -97,18 +119,36 @@ class _TorchGroup:
                 for t in tasks
             }
         shared = manifest.shared_encoder and len(tasks) > 1
-        self.module = TaskHeads(models, shared_encoder=shared).to(device).eval()
+        entity = None
+        if manifest.entity is not None and shared:
+            entity = load_entity_head(root, manifest.entity).to(dtype)
+        self.has_entity = entity is not None
+        self.module = TaskHeads(models, shared_encoder=shared, entity_head=entity)
+        self.module = self.module.to(device).eval()
 
-    def encode(self, texts: list[str]) -> Any:
-        return tokenize(self.tokenizer, texts, self.max_length, "pt")
+    def encode(self, texts: list[str], companies: Companies) -> Any:
+        import torch
+
+        with_companies = self.has_entity and bool(companies)
+        encoded = dict(tokenize(self.tokenizer, texts, self.max_length, "pt", with_companies))
+        covered = None
+        if with_companies:
+            mask, rows, covered = entity_inputs(encoded, companies)
+            encoded["entity_mask"] = torch.from_numpy(mask)
+            encoded["entity_row"] = torch.from_numpy(rows)
+        return encoded, covered
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]:
         import torch
 
-        batch = {k: v.to(self.device) for k, v in encoded.items()}
+        inputs, covered = encoded
+        batch = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
             logits = self.module.task_logits(batch)
-        return {t: softmax(v.float().cpu().numpy()) for t, v in logits.items()}
+        out = {t: softmax(v.float().cpu().numpy()) for t, v in logits.items()}
+        if covered is not None:
+            out["entity_covered"] = covered
+        return out
 
 
 class _OnnxGroup:
@@ -129,14 +169,34 @@ class _OnnxGroup:
         self.session = ort.InferenceSession(str(root / spec.onnx_file), providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.outputs = [manifest.tasks[t].onnx_output or f"logits_{t}" for t in tasks]
+        self.has_entity = "entity_mask" in self.input_names
+        if self.has_entity:
+            assert manifest.entity is not None
+            self.outputs.append(manifest.entity.onnx_output or f"logits_{ENTITY}")
 
-    def encode(self, texts: list[str]) -> Any:
-        enc = tokenize(self.tokenizer, texts, self.max_length, "np")
-        return {name: np.asarray(enc[name], dtype=np.int64) for name in self.input_names}
+    def encode(self, texts: list[str], companies: Companies) -> Any:
+        enc = dict(tokenize(self.tokenizer, texts, self.max_length, "np", self.has_entity))
+        covered = None
+        if self.has_entity:
+            # The graph always takes company inputs: with none, one dummy row (dropped).
+            mask, rows, covered = entity_inputs(enc, companies or [(0, [])])
+            enc["entity_mask"], enc["entity_row"] = mask, rows
+            covered = covered[: len(companies)]
+        feeds = {
+            name: np.asarray(enc[name], dtype=np.float32 if name == "entity_mask" else np.int64)
+            for name in self.input_names
+        }
+        return feeds, covered
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]:
-        out = self.session.run(self.outputs, encoded)
-        return {t: softmax(np.asarray(v)) for t, v in zip(self.tasks, out, strict=True)}
+        feeds, covered = encoded
+        out = self.session.run(self.outputs, feeds)
+        names = self.tasks + ([ENTITY] if self.has_entity else [])
+        result = {t: softmax(np.asarray(v)) for t, v in zip(names, out, strict=True)}
+        if covered is not None:
+            result[ENTITY] = result[ENTITY][: len(covered)]
+            result["entity_covered"] = covered
+        return result
 
 
 def _groups_of(manifest: Manifest, tasks: Sequence[str]) -> list[list[str]]:
@@ -172,6 +232,9 @@ class ArtifactScorer:
                 f"artifact {root} has no task(s) {unknown}; it has {list(self.manifest.tasks)}"
             )
         self.labels: dict[str, list[str]] = {t: self.manifest.tasks[t].labels for t in wanted}
+        self.entity_labels: list[str] = (
+            self.manifest.entity.labels if self.manifest.entity is not None else []
+        )
         # Every tokenizer call happens on this one thread (see `tokenize`).
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="finsentry-tokenize")
         self.groups: list[_Group]
@@ -195,46 +258,134 @@ class ArtifactScorer:
             self.version, self.root, self.device_name, self.batch_size,
         )  # fmt: skip
 
-    def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    @property
+    def max_length(self) -> int:
+        """The model window, in tokens."""
+        return self.manifest.max_length
+
+    @property
+    def has_entity_head(self) -> bool:
+        return any(g.has_entity for g in self.groups)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text (special tokens included, no truncation), as the model sees it."""
+        clean = preprocessor(self.manifest.preprocess)
+        tokenizer = self.groups[0].tokenizer
+        cleaned = [clean(t) for t in texts]
+        ids = self._tokenizing.submit(lambda: tokenizer(cleaned)["input_ids"]).result()
+        return [len(x) for x in ids]
+
+    def predict_proba(
+        self,
+        texts: Sequence[str],
+        companies: Sequence[Sequence[Sequence[Span]]] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Class probabilities per task, rows in `texts` order, columns in `labels[task]` order.
 
-        Texts are sorted by length and cut into `batch_size` chunks so padding stays small.
-        Chunks are tokenised in the scorer's tokenizer thread while the model runs."""
+        With `companies` (for each text, each company's mention spans in it) and a
+        per-company head, also `entity`: a row per company, texts in order and each text's
+        companies in order, and `entity_covered` (False where truncation cut off every
+        mention: that row is zero). Texts are sorted by length and cut into `batch_size`
+        chunks so padding stays small; chunks are tokenised in the scorer's tokenizer
+        thread while the model runs."""
         clean = preprocessor(self.manifest.preprocess)
-        texts = [clean(t if isinstance(t, str) else str(t)) for t in texts]
-        result = {t: np.zeros((len(texts), len(ls)), np.float32) for t, ls in self.labels.items()}
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        raw = [t if isinstance(t, str) else str(t) for t in texts]
+        spans: list[list[list[Span]]] = [[] for _ in raw]
+        if companies is not None and self.has_entity_head:
+            cleaned = []
+            for i, (text, company_spans) in enumerate(zip(raw, companies, strict=True)):
+                flat = [tuple(s) for c in company_spans for s in c]
+                text_clean, moved = clean_with_spans(clean, text, flat)  # type: ignore[arg-type]
+                cleaned.append(text_clean)
+                k = 0
+                for c in company_spans:
+                    spans[i].append([m for m in moved[k : k + len(c)] if m is not None])
+                    k += len(c)
+        else:
+            cleaned = [clean(t) for t in raw]
+        result = {t: np.zeros((len(raw), len(ls)), np.float32) for t, ls in self.labels.items()}
+        first_company = np.cumsum([0] + [len(s) for s in spans])
+        if companies is not None and self.has_entity_head:
+            result[ENTITY] = np.zeros(
+                (int(first_company[-1]), len(self.entity_labels or SENTIMENT_LABELS)), np.float32
+            )
+            result["entity_covered"] = np.zeros(int(first_company[-1]), bool)
+        order = np.argsort([len(t) for t in cleaned], kind="stable")
         steps = [
             (order[start : start + self.batch_size], group)
-            for start in range(0, len(texts), self.batch_size)
+            for start in range(0, len(cleaned), self.batch_size)
             for group in self.groups
         ]
 
-        encoded = self._tokenizing.map(
-            lambda step: step[1].encode([texts[i] for i in step[0]]), steps
-        )
-        for (idx, group), batch in zip(steps, encoded, strict=True):
-            for task, probs in group.run(batch).items():
-                result[task][idx] = probs
+        def chunk_companies(idx: np.ndarray) -> tuple[Companies, list[int]]:
+            refs = [(row, s) for row, i in enumerate(idx) for s in spans[i]]
+            where = [int(first_company[i]) + j for i in idx for j in range(len(spans[i]))]
+            return refs, where
+
+        def encode(step: tuple[np.ndarray, _Group]) -> Any:
+            idx, group = step
+            refs = chunk_companies(idx)[0] if group.has_entity else []
+            return group.encode([cleaned[i] for i in idx], refs)
+
+        for (idx, group), batch in zip(steps, self._tokenizing.map(encode, steps), strict=True):
+            out = group.run(batch)
+            for task in self.labels:
+                if task in out:
+                    result[task][idx] = out[task]
+            if ENTITY in result and "entity_covered" in out:
+                where = chunk_companies(idx)[1]
+                result[ENTITY][where] = out[ENTITY]
+                result["entity_covered"][where] = out["entity_covered"]
+        if ENTITY in result:
+            result[ENTITY][~result["entity_covered"]] = 0.0
         return result
 
-    def score(self, texts: list[str]) -> list[ItemScores]:
+    def score(
+        self, texts: list[str], companies: list[list[CompanyMention]] | None = None
+    ) -> list[ItemScores]:
+        """Topic and sentiment per text, and a verdict per company (the per-company head's
+        where the artifact has one and a mention survived truncation, else the text's)."""
         if not texts:
             return []
-        probs = self.predict_proba(texts)
-        return [
-            _item_scores(
-                _label_scores(self.labels[TOPIC], probs[TOPIC][i]),
-                _label_scores(self.labels[SENTIMENT], probs[SENTIMENT][i]),
-            )
-            for i in range(len(texts))
-        ]
+        spans = None
+        if companies is not None:
+            spans = [[[(m.start, m.end) for m in c.mentions] for c in cs] for cs in companies]
+        probs = self.predict_proba(texts, spans)
+        out = []
+        k = 0
+        for i in range(len(texts)):
+            sentiment = _label_scores(self.labels[SENTIMENT], probs[SENTIMENT][i])
+            verdicts = []
+            for company in companies[i] if companies is not None else []:
+                if ENTITY in probs and probs["entity_covered"][k]:
+                    own = _label_scores(self.entity_labels, probs[ENTITY][k])
+                    verdicts.append(_company_scores(company, own, "entity_head"))
+                else:
+                    verdicts.append(_company_scores(company, sentiment, "text"))
+                k += 1
+            item = _item_scores(_label_scores(self.labels[TOPIC], probs[TOPIC][i]), sentiment)
+            out.append(item.model_copy(update={"companies": verdicts}))
+        return out
 
 
 def _label_scores(labels: list[str], row: np.ndarray) -> LabelScores:
     values = {name: min(max(float(p), 0.0), 1.0) for name, p in zip(labels, row, strict=True)}
     best = int(np.argmax(row))
     return LabelScores(label=labels[best], confidence=values[labels[best]], probs=values)
+
+
+def _company_scores(company: CompanyMention, own: LabelScores, source: str) -> CompanyScores:
+    score = own.probs.get("bullish", 0.0) - own.probs.get("bearish", 0.0)
+    return CompanyScores(
+        ticker=company.ticker,
+        name=company.name,
+        sentiment=own.label,  # type: ignore[arg-type]
+        confidence=own.confidence,
+        probs=own.probs,
+        score=min(max(score, -1.0), 1.0),
+        source=source,  # type: ignore[arg-type]
+        mentions=company.mentions,
+    )
 
 
 def _item_scores(topic: LabelScores, sentiment: LabelScores) -> ItemScores:

@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 import finsentry.metrics  # noqa: F401  (registers the worker's metrics for /metrics)
+from finsentry.alerts.api import alerts_router
 from finsentry.es_client import make_es_client
 from finsentry.queries.metrics import API_LATENCY, API_RATE_LIMITED, API_REQUESTS
 from finsentry.queries.params import (
@@ -41,6 +42,7 @@ from finsentry.queries.results import (
     run_timeline,
 )
 from finsentry.settings import Settings
+from finsentry.sources.push_api import push_router
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -184,6 +186,8 @@ def create_api(settings: Settings, es: "Elasticsearch | None" = None) -> FastAPI
         return run_breakdown(client, index, params, "topics", datetime.now(UTC))
 
     app.include_router(router)
+    app.include_router(alerts_router(settings, client), dependencies=router.dependencies)
+    app.include_router(push_router(settings))  # POST /v1/items: its own auth (sources/)
 
     @app.get("/healthz", summary="Liveness and Elasticsearch reachability")
     def healthz() -> JSONResponse:

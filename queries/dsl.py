@@ -36,6 +36,9 @@ ITEM_FIELDS: list[str] = [
     "author",
     "lang",
     "tickers",
+    "companies",
+    "evidence",
+    "chunks",
     "topic",
     "topic_confidence",
     "sentiment",
@@ -173,25 +176,30 @@ def breakdown_request(params: BreakdownParams, by: str, window: TimeWindow) -> d
     """Per key (`by` is "tickers" or "topics"): volume, bearish and bullish counts and mean
     score of the BREAKDOWN_CANDIDATES most active keys; results.rank_rows ranks them.
 
+    Per ticker, the counts are of each company's own verdict (the nested `companies`: the
+    per-company head's, or the item's where the model had none), not of the items'.
     Ranking happens client side: the local node ships without the aggregations module
     (no bucket_sort) and without painless (no bucket_script)."""
+    prefix = "companies." if by == "tickers" else ""
+    keys = {
+        "terms": {
+            "field": f"{prefix}ticker" if by == "tickers" else BREAKDOWN_FIELDS[by],
+            "size": BREAKDOWN_CANDIDATES,
+            "min_doc_count": params.min_count,
+            "order": [{"_count": "desc"}, {"_key": "asc"}],
+        },
+        "aggs": {
+            "bearish": {"filter": {"term": {f"{prefix}sentiment": "bearish"}}},
+            "bullish": {"filter": {"term": {f"{prefix}sentiment": "bullish"}}},
+            "mean_score": {"avg": {"field": f"{prefix}score" if prefix else "sentiment_score"}},
+        },
+    }
+    aggs: dict[str, Any] = {"keys": keys}
+    if by == "tickers":
+        aggs = {"companies": {"nested": {"path": "companies"}, "aggs": aggs}}
     return {
         "query": query_clause(params, window),
         "size": 0,
         "track_total_hits": True,
-        "aggs": {
-            "keys": {
-                "terms": {
-                    "field": BREAKDOWN_FIELDS[by],
-                    "size": BREAKDOWN_CANDIDATES,
-                    "min_doc_count": params.min_count,
-                    "order": [{"_count": "desc"}, {"_key": "asc"}],
-                },
-                "aggs": {
-                    "bearish": {"filter": {"term": {"sentiment": "bearish"}}},
-                    "bullish": {"filter": {"term": {"sentiment": "bullish"}}},
-                    "mean_score": {"avg": {"field": "sentiment_score"}},
-                },
-            }
-        },
+        "aggs": aggs,
     }

@@ -35,6 +35,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _item_cell(item: Any, column: str) -> Any:
+    """`companies` as `TICKER:verdict` pairs (each company's own sentiment)."""
+    if column == "companies":
+        return [f"{c.ticker}:{c.sentiment}" for c in item.companies]
+    return getattr(item, column)
+
+
 def tabular(result: QueryResult) -> tuple[list[str], list[list[Any]]]:
     """Column names and rows of raw values: the one flat view behind tables and CSV."""
     if isinstance(result, ItemsResult):
@@ -44,13 +51,15 @@ def tabular(result: QueryResult) -> tuple[list[str], list[list[Any]]]:
             "source",
             "kind",
             "tickers",
+            "companies",
             "topic",
             "sentiment",
             "sentiment_score",
             "title",
             "text",
+            "evidence",
         ]
-        rows = [[getattr(item, c) for c in columns] for item in result.items]
+        rows = [[_item_cell(item, c) for c in columns] for item in result.items]
         return columns, rows
     if isinstance(result, TimelineResult):
         columns = ["start", "total", "bullish", "neutral", "bearish", "net_sentiment", "mean_score"]

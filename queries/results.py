@@ -55,6 +55,20 @@ def net_sentiment_index(bullish: int, bearish: int, total: int) -> float | None:
     return (bullish - bearish) / total if total else None
 
 
+class CompanyView(BaseModel):
+    """One company of an item with its own verdict (`source`: `entity_head` = the
+    per-company head's, `text` = the item's, copied)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ticker: str
+    name: str | None = None
+    sentiment: str
+    confidence: float
+    score: float
+    source: str = "text"
+
+
 class ItemView(BaseModel):
     """One item as the queries return it (the index document less the probabilities)."""
 
@@ -69,6 +83,9 @@ class ItemView(BaseModel):
     author: str | None = None
     lang: str | None = None
     tickers: list[str] = Field(default_factory=list)
+    companies: list[CompanyView] = Field(default_factory=list)
+    evidence: str | None = Field(None, description="Most negative chunk of a long text.")
+    chunks: int | None = Field(None, description="Model windows a long text was cut into.")
     topic: str | None = None
     topic_confidence: float | None = None
     sentiment: str | None = None
@@ -215,7 +232,9 @@ def shape_breakdown(
     response: dict[str, Any], params: BreakdownParams, by: str, window: TimeWindow
 ) -> BreakdownResult:
     rows: list[BreakdownRow] = []
-    for raw in response["aggregations"]["keys"]["buckets"]:
+    aggregations = response["aggregations"]
+    buckets = aggregations.get("companies", aggregations)["keys"]["buckets"]
+    for raw in buckets:
         volume = int(raw["doc_count"])
         bearish = int(raw["bearish"]["doc_count"])
         bullish = int(raw["bullish"]["doc_count"])

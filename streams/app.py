@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -20,6 +21,7 @@ from faust.types import EventT
 
 from finsentry import metrics
 from finsentry.index.bulk_sink import SinkStopped
+from finsentry.models.scorer import Scorer
 from finsentry.settings import Settings
 from finsentry.streams.batch_processor import (
     BatchProcessor,
@@ -193,18 +195,101 @@ async def process_until_done(
     return result
 
 
+@dataclass
+class ModelSwapper:
+    """Follows the live model (`finsentry models promote` / `rollback`) and swaps it in.
+
+    `poll` (a Faust timer) checks which artifact should be served and loads a new one in
+    its own thread while the old one keeps scoring; `swap_if_ready` (the agent, between
+    two batches) replaces the processor's scorer. A batch is therefore scored by one model
+    from start to end and its documents record that model's version; offsets and acks are
+    untouched, so nothing is lost or scored twice. An artifact that fails to load or to
+    validate is refused (logged once) and the old model keeps serving."""
+
+    settings: Settings
+    processor: BatchProcessor
+    pending: Scorer | None = None
+    refused: tuple[str, str] | None = None
+    last_error: str | None = None
+    _task: asyncio.Future[None] | None = None
+    _pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model-load")
+    )
+
+    def _load_if_changed(self) -> Scorer | None:
+        """Runs in the loader thread: file reads and the model load never block the loop."""
+        from finsentry.models.artifact import ArtifactError, read_manifest
+        from finsentry.models.registry import serving_artifact
+        from finsentry.models.scorer import load_scorer
+
+        current = self.processor.scorer.version
+        try:
+            path = serving_artifact(self.settings)
+            version = read_manifest(path).version
+        except ArtifactError as exc:
+            if str(exc) != self.last_error:
+                log.error("live model unusable (%s); still serving %s", exc, current)
+                self.last_error = str(exc)
+            return None
+        self.last_error = None
+        key = (str(path), version)
+        if version == current or key == self.refused:
+            return None
+        log.warning("loading model %s from %s (serving %s meanwhile)", version, path, current)
+        try:  # pinned to the path chosen above, wrapped as at start-up (e.g. chunking)
+            return load_scorer(self.settings.model_copy(update={"model_path": path}))
+        except Exception as exc:
+            self.refused = key
+            log.error("refused model %s from %s: %s; still serving %s", version, path, exc, current)
+            return None
+
+    async def poll(self) -> None:
+        """Start a check (and maybe a load) unless one runs or a model waits to go live;
+        returns at once, so the timer never waits for a model load."""
+        if self.pending is not None or self._task is not None:
+            return
+        self._task = asyncio.ensure_future(self._check())
+
+    async def _check(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            scorer = await loop.run_in_executor(self._pool, self._load_if_changed)
+            if scorer is not None:
+                self.pending = scorer
+        finally:
+            self._task = None
+
+    def swap_if_ready(self) -> None:
+        if self.pending is None:
+            return
+        old, self.processor.scorer, self.pending = self.processor.scorer, self.pending, None
+        log.warning("now serving model %s (was %s)", self.processor.scorer.version, old.version)
+
+
 def add_scoring_agent(
-    app: faust.App, topics: Topics, processor: BatchProcessor, settings: Settings
+    app: faust.App,
+    topics: Topics,
+    processor: BatchProcessor,
+    settings: Settings,
+    swapper: ModelSwapper | None = None,
 ) -> None:
     @app.task
     async def declare_output_topics() -> None:
         await topics.scored.maybe_declare()
         await topics.dead_letters.maybe_declare()
 
+    if swapper is not None:
+
+        @app.timer(interval=settings.model_poll_interval)
+        async def follow_live_model() -> None:
+            await swapper.poll()
+
     @app.agent(topics.raw, name="score")
     async def score(stream: faust.StreamT) -> None:
         window = BatchWindow(settings.max_batch, settings.min_wait, settings.max_wait)
         async for events in adaptive_batches(stream, window):
+            if swapper is not None:
+                swapper.swap_if_ready()  # only here: between batches
             await process_until_done(processor, topics, [to_record(e) for e in events], settings)
             await ack_batch(stream, events)
             metrics.BATCH_WAIT.set(window.wait)

@@ -1,4 +1,4 @@
-"""One micro-batch, end to end: parse -> score -> link tickers -> index.
+"""One micro-batch, end to end: parse -> link companies -> score -> index.
 
 This is the body of the Faust agent without Faust: it takes raw Kafka records and returns
 what was indexed and what must go to the dead-letter topic. Blocking work (the models, the
@@ -17,9 +17,17 @@ from datetime import UTC, datetime
 
 from finsentry import metrics
 from finsentry.index.bulk_sink import BulkSink
-from finsentry.messages import DeadLetter, ItemScores, NewsItem, ScoredItem, utcnow
+from finsentry.messages import (
+    CompanyMention,
+    CompanyScores,
+    DeadLetter,
+    ItemScores,
+    NewsItem,
+    ScoredItem,
+    utcnow,
+)
 from finsentry.models.scorer import Scorer
-from finsentry.streams.entity_linking import CompanyIndex, find_tickers
+from finsentry.streams.entity_linking import CompanyIndex, find_mentions
 from finsentry.streams.parser import ParseError, parse_raw
 
 log = logging.getLogger(__name__)
@@ -50,32 +58,59 @@ def text_for_model(item: NewsItem) -> str:
     return item.text
 
 
-def score_isolating_failures(scorer: Scorer, texts: list[str]) -> list[ItemScores | Exception]:
+def score_isolating_failures(
+    scorer: Scorer, texts: list[str], companies: list[list[CompanyMention]] | None = None
+) -> list[ItemScores | Exception]:
     """Score a batch; if the model fails on it, split the batch in halves until the
     offending items are isolated, so one poisonous text cannot stop the rest."""
+    if companies is None:
+        companies = [[] for _ in texts]
     try:
-        return list(scorer.score(texts))
+        return list(scorer.score(texts, companies))
     except Exception as exc:
         if len(texts) == 1:
             return [exc]
         log.warning("model failed on a batch of %d (%s); splitting", len(texts), exc)
         middle = len(texts) // 2
-        return score_isolating_failures(scorer, texts[:middle]) + score_isolating_failures(
-            scorer, texts[middle:]
+        return score_isolating_failures(
+            scorer, texts[:middle], companies[:middle]
+        ) + score_isolating_failures(scorer, texts[middle:], companies[middle:])
+
+
+def company_verdicts(scores: ItemScores, companies: list[CompanyMention]) -> list[CompanyScores]:
+    """The scorer's per-company verdicts; where it gave none (a model without the
+    per-company head that does not fill them in), the text's verdict for each company."""
+    if scores.companies or not companies:
+        return scores.companies
+    return [
+        CompanyScores(
+            ticker=c.ticker,
+            name=c.name,
+            sentiment=scores.sentiment.label,  # type: ignore[arg-type]
+            confidence=scores.sentiment.confidence,
+            probs=scores.sentiment.probs,
+            score=scores.sentiment_score,
+            source="text",
+            mentions=c.mentions,
         )
+        for c in companies
+    ]
 
 
 def to_scored_item(
     item: NewsItem,
     scores: ItemScores,
-    tickers: list[str],
+    companies: list[CompanyMention],
     model_version: str,
     ingested_at: datetime,
     scored_at: datetime,
 ) -> ScoredItem:
     return ScoredItem(
         **item.model_dump(),
-        tickers=tickers,
+        tickers=[c.ticker for c in companies],
+        companies=company_verdicts(scores, companies),
+        evidence=scores.evidence,
+        chunks=scores.chunks,
         topic=scores.topic.label,
         topic_confidence=scores.topic.confidence,
         topic_probs=scores.topic.probs,
@@ -147,20 +182,28 @@ class BatchProcessor:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.dead_letter_sink.write, docs)
 
+    def _link_and_score(
+        self, scorer: Scorer, texts: list[str]
+    ) -> tuple[list[ItemScores | Exception], list[list[CompanyMention]]]:
+        """Find each text's companies, then score texts and companies in one model pass."""
+        mentions = [find_mentions(text, self.companies) for text in texts]
+        return score_isolating_failures(scorer, texts, mentions), mentions
+
     async def _score_and_index(
         self, items: list[tuple[NewsItem, RawRecord]], result: BatchResult
     ) -> None:
         loop = asyncio.get_running_loop()
         texts = [text_for_model(item) for item, _ in items]
+        scorer = self.scorer  # one model for the whole batch, even if a swap is pending
         started = time.perf_counter()
-        scores = await loop.run_in_executor(
-            self.executor, score_isolating_failures, self.scorer, texts
+        scores, mentions = await loop.run_in_executor(
+            self.executor, self._link_and_score, scorer, texts
         )
         metrics.SCORING_LATENCY.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(texts))
         scored_at = utcnow()
         docs: dict[str, ScoredItem] = {}
-        for (item, record), score in zip(items, scores, strict=True):
+        for (item, record), score, companies in zip(items, scores, mentions, strict=True):
             if isinstance(score, Exception):
                 reason = f"model failed on this item: {type(score).__name__}: {score}"[:500]
                 result.dead_letters.append(dead_letter(record, "model_error", reason))
@@ -168,9 +211,8 @@ class BatchProcessor:
             ingested_at = (
                 datetime.fromtimestamp(record.timestamp, UTC) if record.timestamp else scored_at
             )
-            tickers = find_tickers(text_for_model(item), self.companies)
             docs[item.id] = to_scored_item(
-                item, score, tickers, self.scorer.version, ingested_at, scored_at
+                item, score, companies, scorer.version, ingested_at, scored_at
             )
         if not docs:
             return

@@ -65,8 +65,19 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _feed(settings: Settings, replay_file: Path | None, rate: float, stop: threading.Event) -> None:
-    if replay_file is not None:
+def _feed(
+    settings: Settings,
+    replay_file: Path | None,
+    rate: float,
+    stop: threading.Event,
+    sources_file: Path | None = None,
+) -> None:
+    if sources_file is not None:
+        from finsentry.sources.cli import load_or_exit
+        from finsentry.sources.runner import run_blocking
+
+        run_blocking(settings, load_or_exit(settings, sources_file), stop_event=stop)
+    elif replay_file is not None:
         from finsentry.feeds.replay import replay
 
         replay(settings, replay_file, rate=rate, progress=False)
@@ -76,10 +87,25 @@ def _feed(settings: Settings, replay_file: Path | None, rate: float, stop: threa
         simulate_to_kafka(settings, rate=rate, seed=7, progress=False, stop_event=stop)
 
 
+def _log_to_file(path: Path) -> None:
+    """Send this process's log records to `path`: lines printed under the live view would
+    push it down the terminal instead of letting it redraw in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(file_handler)
+
+
 def run(
     ctx: typer.Context,
     replay_file: Path | None = typer.Option(
         None, "--replay", exists=True, dir_okay=False, help="Replay this file, not the simulator."
+    ),
+    sources_file: Path | None = typer.Option(
+        None, "--sources", exists=True, dir_okay=False, help="Poll these real sources (YAML)."
     ),
     rate: float = typer.Option(20.0, help="Feed rate, items per second."),
     no_feed: bool = typer.Option(False, help="Start no feed: score what arrives on Kafka."),
@@ -88,26 +114,46 @@ def run(
     """The main job: local services, a model (trained first if there is none), the worker,
     the alerter, a feed, and a live terminal view. Ctrl-C stops everything."""
     from finsentry.streams.live_view import run_live_view
-    from finsentry.training.defaults import ensure_default_artifact
+    from finsentry.training.defaults import (
+        ensure_bootstrap,
+        needs_default_model,
+        start_background_training,
+    )
 
     settings = _settings(ctx)
+    if sources_file is not None:  # a bad sources file stops here, before anything starts
+        from finsentry.sources.cli import load_or_exit
+
+        load_or_exit(settings, sources_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if settings.manage_services:
         from finsentry.services import manager
 
         manager.up(settings)
-    ensure_default_artifact(settings, progress=True)
-
     logs = settings.state_dir / "logs"
-    children = [_spawn(["worker"], logs / "worker.log"), _spawn(["alerter"], logs / "alerter.log")]
+    children: list[subprocess.Popen[bytes]] = []
+    if needs_default_model(settings):
+        # Fresh machine: a bootstrap model in seconds, the default one in the background
+        # (the worker swaps it in when it is promoted; the live view shows the progress).
+        typer.echo("no default model yet: training the bootstrap model (seconds)")
+        typer.echo(f"serving {ensure_bootstrap(settings)}")
+        children.append(start_background_training(settings, logs / "training.log"))
+        typer.echo(f"training the default model in the background; log in {logs}")
+    children += [_spawn(["worker"], logs / "worker.log"), _spawn(["alerter"], logs / "alerter.log")]
     typer.echo(f"worker and alerter started; logs in {logs}")
+    _log_to_file(logs / "run.log")  # the live view owns the terminal from here on
     stop = threading.Event()
     if not no_feed:
         threading.Thread(
-            target=_feed, args=(settings, replay_file, rate, stop), daemon=True, name="feed"
+            target=_feed,
+            args=(settings, replay_file, rate, stop, sources_file),
+            daemon=True,
+            name="feed",
         ).start()
     if duration is not None:
-        threading.Timer(duration, stop.set).start()
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True  # Ctrl-C before the duration must not wait for it
+        timer.start()
     try:
         run_live_view(settings, stop_event=stop)
     except KeyboardInterrupt:

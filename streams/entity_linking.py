@@ -16,11 +16,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finsentry.messages import CompanyMention, Mention
+
 CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:\.[A-Za-z]{1,2})?)(?![\w])")
+# Reuters instrument codes in wire copy: "Microsoft <MSFT.O>", "Shell <SHEL.L>".
+RIC_TAG = re.compile(r"<([A-Z]{1,6})\.(?:O|OQ|N|K|A|P|PK)>")
 EXCHANGE_TAG = re.compile(
     r"\((?:NYSE|NASDAQ|Nasdaq|NYSE American|NYSEARCA|AMEX|OTC)\s*:\s*([A-Z]{1,6}(?:\.[A-Z])?)\)"
 )
-WORD = re.compile(r"[A-Za-z0-9&]+(?:['.\-][A-Za-z0-9&]+)*")
+# Words, keeping "A.O." and "Coca-Cola" whole but splitting a possessive ("Tesla's").
+WORD = re.compile(r"[A-Za-z0-9&]+(?:(?:\.|-|'(?![sS]\b))[A-Za-z0-9&]+)*")
 
 _LEGAL_SUFFIXES = {
     "inc", "inc.", "incorporated", "corp", "corp.", "corporation", "co", "co.", "company",
@@ -58,6 +63,15 @@ _COMMON_WORDS = {
 }  # fmt: skip
 
 
+# Names that are function words, commodities or periods: never a company by name alone
+# (only with a legal suffix, or as a cashtag / exchange tag). Found by
+# benchmarks/linker_eval.py: "On" (On Holding) began sentences, "Oil" was the commodity.
+_NEVER_ALONE = {
+    "a", "an", "on", "it", "all", "any", "are", "be", "can", "for", "now", "one", "so",
+    "big", "car", "cat", "key", "low", "net", "new", "out", "run", "see", "way", "oil",
+    "gas", "q1", "q2", "q3", "q4", "strategy", "dave", "open", "live", "best",
+}  # fmt: skip
+
 # Exchange and index names: a company name too, but nearly always meant as the market.
 _NEVER_BY_NAME = {("Nasdaq",), ("NASDAQ",), ("NYSE",), ("Dow",)}
 
@@ -66,7 +80,7 @@ def clean_company_name(name: str) -> str:
     """'Apple Inc. - Common Stock' -> 'Apple'; 'Alcoa Corporation Common Stock' -> 'Alcoa'."""
     name = _SHARE_CLASS.sub("", name.strip().strip('"'))
     words = name.replace(",", " ").split()
-    while len(words) > 1 and words[-1].lower() in _LEGAL_SUFFIXES:
+    while len(words) > 1 and (words[-1].lower() in _LEGAL_SUFFIXES or words[-1] in {"&", "and"}):
         words.pop()
     return " ".join(words)
 
@@ -78,12 +92,15 @@ class CompanyIndex:
     symbols: set[str] = field(default_factory=set)
     trie: dict = field(default_factory=dict)
     trusted: set[tuple[str, ...]] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def add(self, symbol: str, name: str, curated: bool = True) -> None:
         symbol = symbol.strip().upper()
         if not symbol or not name.strip():
             return
         self.symbols.add(symbol)
+        self.names.setdefault(symbol, clean_company_name(name))
         for alias in {name.strip(), clean_company_name(name)}:
             tokens = tuple(WORD.findall(alias))
             if (
@@ -112,7 +129,11 @@ def _symbol_and_name(row: dict[str, str]) -> tuple[str, str] | None:
     lowered = {k.strip().lower(): (v or "") for k, v in row.items() if k}
     symbol = next((lowered[k] for k in ("symbol", "act symbol", "ticker") if k in lowered), None)
     name = next(
-        (lowered[k] for k in ("security", "security name", "company name", "name") if k in lowered),
+        (
+            lowered[k]
+            for k in ("security", "security name", "company name", "name", "alias")
+            if k in lowered
+        ),
         None,
     )
     if symbol is None or name is None:
@@ -127,58 +148,88 @@ def load_company_index(paths: Iterable[Path]) -> CompanyIndex:
         with Path(path).open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             columns = {c.strip().lower() for c in reader.fieldnames or []}
-            curated = bool(columns & {"gics sector", "sector"})
+            is_alias_list = "alias" in columns
+            curated = is_alias_list or bool(columns & {"gics sector", "sector"})
             for row in reader:
                 pair = _symbol_and_name(row)
                 if pair is None:
                     raise ValueError(f"{path}: needs a symbol column and a name column")
+                if is_alias_list:
+                    index.aliases[pair[1].strip()] = pair[0].strip().upper()
                 index.add(*pair, curated=curated)
     return index
 
 
 def _has_finance_context(words: list[str], text: str) -> bool:
-    return bool(CASHTAG.search(text)) or any(w.lower() in _FINANCE_CONTEXT for w in words)
+    return (
+        bool(CASHTAG.search(text) or RIC_TAG.search(text))
+        or "%" in text
+        or any(w.lower() in _FINANCE_CONTEXT for w in words)
+    )
 
 
-def find_tickers(text: str, companies: CompanyIndex) -> list[str]:
-    """Tickers mentioned in `text`, in order of first mention, without repeats."""
-    found: list[str] = []
+def _blank(match: re.Match[str]) -> str:
+    return " " * len(match.group())
 
-    def add(symbol: str) -> None:
-        if symbol not in found:
-            found.append(symbol)
+
+def find_mentions(text: str, companies: CompanyIndex) -> list[CompanyMention]:
+    """Companies mentioned in `text`, in order of first mention, each with the character
+    spans of all its mentions (cashtags, exchange tags and names)."""
+    found: dict[str, list[Mention]] = {}
+
+    def add(symbol: str, start: int, end: int) -> None:
+        found.setdefault(symbol, []).append(Mention(start=start, end=end))
 
     # A cashtag is an explicit ticker mention, listed today or not ($BTC, delisted names).
     for match in CASHTAG.finditer(text):
-        add(match.group(1).upper())
+        add(match.group(1).upper(), match.start(), match.end())
     for match in EXCHANGE_TAG.finditer(text):
-        add(match.group(1))
+        add(match.group(1), match.start(1), match.end(1))
+    for match in RIC_TAG.finditer(text):
+        add(match.group(1), match.start(1), match.end(1))
 
-    # Names are looked for in the text without its cashtags and exchange tags.
-    words = WORD.findall(EXCHANGE_TAG.sub(" ", CASHTAG.sub(" ", text)))
+    # Names are looked for in the text without its cashtags and exchange tags (blanked
+    # out, so that offsets stay those of `text`).
+    blanked = RIC_TAG.sub(_blank, EXCHANGE_TAG.sub(_blank, CASHTAG.sub(_blank, text)))
+    words = list(WORD.finditer(blanked))
+    tokens_of = [w.group() for w in words]
     finance_context: bool | None = None
     i = 0
     while i < len(words):
         node, best, best_len = companies.trie, None, 0
         for j in range(i, len(words)):
-            node = node.get(words[j])  # type: ignore[assignment]
+            node = node.get(tokens_of[j])  # type: ignore[assignment]
             if node is None:
                 break
             if "$symbol" in node:
                 best, best_len = node["$symbol"], j - i + 1
         if best is not None:
-            tokens = tuple(words[i : i + best_len])
+            tokens = tuple(tokens_of[i : i + best_len])
             if companies.is_ambiguous(tokens):
                 followed_by_suffix = (
-                    i + 1 < len(words) and words[i + 1].lower().rstrip(".,") in _LEGAL_SUFFIXES
+                    i + 1 < len(words) and tokens_of[i + 1].lower().rstrip(".,") in _LEGAL_SUFFIXES
                 )
                 if finance_context is None:
-                    finance_context = _has_finance_context(words, text)
-                if not (followed_by_suffix or finance_context):
+                    finance_context = _has_finance_context(tokens_of, text)
+                context_is_enough = tokens[0].lower() not in _NEVER_ALONE
+                if not (followed_by_suffix or (finance_context and context_is_enough)):
                     i += 1
                     continue
-            add(best)
+            add(best, words[i].start(), words[i + best_len - 1].end())
             i += best_len
         else:
             i += 1
-    return found
+    order = sorted(found, key=lambda symbol: min(m.start for m in found[symbol]))
+    return [
+        CompanyMention(
+            ticker=symbol,
+            name=companies.names.get(symbol),
+            mentions=sorted(found[symbol], key=lambda m: m.start),
+        )
+        for symbol in order
+    ]
+
+
+def find_tickers(text: str, companies: CompanyIndex) -> list[str]:
+    """Tickers mentioned in `text`, in order of first mention, without repeats."""
+    return [company.ticker for company in find_mentions(text, companies)]

@@ -1,26 +1,31 @@
 """The live terminal view of `finsentry run`: what the pipeline is scoring, from Elasticsearch.
 
-Pure part: `stats_request` / `negatives_request` (search bodies), `build_snapshot` (responses
--> `LiveSnapshot`) and `render` (snapshot -> rich renderable). I/O part: `fetch_snapshot` (one
-round of queries) and `run_live_view` (a rich `Live` refreshed every couple of seconds).
-Rates and windows use `scored_at`.
+Pure part: `stats_request` / `negatives_request` / `alerts_request` (search bodies),
+`build_snapshot` (responses -> `LiveSnapshot`), `layout` (how many rows each panel gets in
+a terminal of a given height) and `render` (snapshot -> rich renderable that fits that
+height: 40 lines by default). I/O part: `fetch_snapshot` (one round of queries),
+`lifecycle_state` (the live model and the background training, from the models folder),
+`source_rows` (the sources' health, from the state folder) and `run_live_view` (a rich
+`Live` redrawn in place every couple of seconds). Rates and windows use `scored_at`.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from finsentry.messages import Sentiment
+from finsentry.models.registry import TrainingStatus
 from finsentry.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,6 +57,24 @@ class NegativeItem(BaseModel):
     sentiment_score: float | None = None
 
 
+class AlertRow(BaseModel):
+    created_at: datetime | None = None
+    rule: str
+    key: str
+    negative_share: float | None = None
+    total: int | None = None
+
+
+class SourceRow(BaseModel):
+    """One source's health (from `finsentry.sources.state.source_health_rows`)."""
+
+    source: str
+    status: str
+    last_poll_at: datetime | None = None
+    items_total: int = 0
+    errors_total: int = 0
+
+
 class LiveSnapshot(BaseModel):
     """Everything the live view shows, at one moment."""
 
@@ -66,6 +89,10 @@ class LiveSnapshot(BaseModel):
     newest_negative: list[NegativeItem] = Field(default_factory=list)
     model_versions: list[str] = Field(default_factory=list)
     dead_letters: int | None = Field(None, description="None: no dead-letters index (yet).")
+    live_model: str | None = Field(None, description="The version workers serve (registry).")
+    training: TrainingStatus | None = Field(None, description="The default model's training.")
+    alerts: list[AlertRow] = Field(default_factory=list, description="Newest first.")
+    sources: list[SourceRow] = Field(default_factory=list)
     error: str | None = None
 
     @property
@@ -130,6 +157,25 @@ def negatives_request(limit: int = 8) -> dict[str, Any]:
         "sort": [{"scored_at": {"order": "desc"}}],
         "source": ["scored_at", "tickers", "text", "title", "source", "sentiment_score"],
     }
+
+
+def alerts_request(limit: int = 5) -> dict[str, Any]:
+    """The newest alerts (the alerter's index)."""
+    return {
+        "size": limit,
+        "sort": [{"created_at": {"order": "desc", "unmapped_type": "date"}}],
+        "source": ["created_at", "rule", "key", "negative_share", "total"],
+    }
+
+
+def alert_rows(response: Mapping[str, Any]) -> list[AlertRow]:
+    rows = []
+    for hit in response.get("hits", {}).get("hits", []):
+        source = hit.get("_source", {})
+        if source.get("rule") is None or source.get("key") is None:
+            continue
+        rows.append(AlertRow.model_validate(source))
+    return rows
 
 
 # --- responses -> snapshot -----------------------------------------------------------------
@@ -210,14 +256,84 @@ def build_snapshot(
 
 # --- snapshot -> renderable ----------------------------------------------------------------
 
+DEFAULT_HEIGHT = 40
+_TOP_LINES = 5  # three panels of three rows, with their borders
+_PANEL_OVERHEAD = 3  # border top and bottom, the table's header row
+
 
 def _bar(percent: float, width: int = 20) -> str:
     filled = round(width * percent / 100)
     return "█" * filled + "░" * (width - filled)
 
 
-def render(snapshot: LiveSnapshot) -> RenderableType:
-    """The whole screen for one snapshot (no I/O)."""
+def layout(snapshot: LiveSnapshot, height: int = DEFAULT_HEIGHT) -> dict[str, int]:
+    """Rows per table panel so that the whole view is at most `height` lines. Panels with
+    nothing to show get one row (tickers, bearish items) or none (alerts, sources); when
+    space is short the sources, then the alerts, then the tickers give way."""
+    spare = height - 1 - _TOP_LINES - (1 if snapshot.error else 0)
+    wanted = {
+        "tickers": max(1, len(snapshot.top_negative)),
+        "negatives": max(1, len(snapshot.newest_negative)),
+        "alerts": min(len(snapshot.alerts), 5),
+        "sources": min(len(snapshot.sources), 5),
+    }
+    shown = [name for name, rows in wanted.items() if rows]
+    for dropped in ("sources", "alerts", "tickers"):
+        if spare >= (_PANEL_OVERHEAD + 1) * len(shown):
+            break
+        if dropped in shown:
+            shown.remove(dropped)
+    rows = dict.fromkeys(wanted, 0)
+    if spare < (_PANEL_OVERHEAD + 1) * len(shown):
+        return rows  # not even one row of bearish items: header and top only
+    budget = spare - (_PANEL_OVERHEAD + 1) * len(shown)
+    for name in shown:  # one each first
+        rows[name] = 1
+    for name, cap in (("sources", 5), ("alerts", 5), ("tickers", 5), ("negatives", 8)):
+        if name in shown:  # then up to `cap` rows each, in this order, then more tickers
+            extra = min(max(0, min(wanted[name], cap) - rows[name]), budget)
+            rows[name] += extra
+            budget -= extra
+    if "tickers" in shown:
+        rows["tickers"] += min(wanted["tickers"] - rows["tickers"], budget)
+    return rows
+
+
+def _model_panel(snapshot: LiveSnapshot) -> Table:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(no_wrap=True, overflow="ellipsis")
+    grid.add_row("live", Text(snapshot.live_model or "-", style="cyan"))
+    training = snapshot.training
+    if training is None:
+        grid.add_row("train", "-")
+        grid.add_row("", "")
+        return grid
+    detail = training.message
+    if training.phase == "training" and training.total:
+        eta = f" ETA {training.eta_s / 60:.0f} min" if training.eta_s is not None else ""
+        progress = f"{_bar(100 * training.fraction, 8)} {100 * training.fraction:.0f}%{eta}"
+        detail = f"{training.step:,}/{training.total:,} {training.message}"
+    elif training.phase == "done":
+        progress = f"done: {training.version or '-'}"
+    else:
+        progress = training.phase
+    style = "red" if training.phase in {"failed", "stopped"} else ""
+    grid.add_row("train", Text(progress, style=style))
+    grid.add_row("", Text(detail, style="dim"))
+    return grid
+
+
+def _table(*columns: tuple[str, dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, expand=True, header_style="bold dim")
+    for name, options in columns:
+        table.add_column(name, **{"no_wrap": True, "overflow": "ellipsis", **options})
+    return table
+
+
+def render(snapshot: LiveSnapshot, *, height: int = DEFAULT_HEIGHT) -> RenderableType:
+    """The whole screen for one snapshot, at most `height` lines (no I/O)."""
+    rows = layout(snapshot, height)
     header = Text.assemble(
         ("finsentry live", "bold"),
         f"  {snapshot.taken_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC",
@@ -229,20 +345,24 @@ def render(snapshot: LiveSnapshot) -> RenderableType:
             "-" if snapshot.dead_letters is None else f"{snapshot.dead_letters:,}",
             "red" if snapshot.dead_letters else "",
         ),
+        no_wrap=True,
+        overflow="ellipsis",
     )
 
-    rates = Table.grid(padding=(0, 2))
-    rates.add_column(style="dim")
-    rates.add_column(justify="right")
+    # Cells never wrap (a wrapped cell would make the frame taller): they are cut instead.
+    cut: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"}
+    rates = Table.grid(padding=(0, 1))
+    rates.add_column(style="dim", **cut)
+    rates.add_column(justify="right", **cut)
     rates.add_row("last 10 s", f"{snapshot.rate_10s:,.1f} items/s ({snapshot.count_10s:,})")
     rates.add_row("last 1 min", f"{snapshot.rate_1m:,.1f} items/s ({snapshot.count_1m:,})")
     rates.add_row("total", f"{snapshot.total:,}")
 
-    mix = Table.grid(padding=(0, 2))
-    mix.add_column()
-    mix.add_column(justify="right")
-    mix.add_column(justify="right")
-    mix.add_column()
+    mix = Table.grid(padding=(0, 1))
+    mix.add_column(**cut)
+    mix.add_column(justify="right", **cut)
+    mix.add_column(justify="right", **cut)
+    mix.add_column(**cut)
     for sentiment in SENTIMENTS:
         percent = snapshot.mix_percent(sentiment)
         color = _COLORS[sentiment]
@@ -250,52 +370,92 @@ def render(snapshot: LiveSnapshot) -> RenderableType:
             Text(sentiment, style=color),
             f"{snapshot.mix.get(sentiment, 0):,}",
             f"{percent:.1f}%",
-            Text(_bar(percent), style=color),
+            Text(_bar(percent, 10), style=color),
         )
-
-    tickers = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
-    tickers.add_column("ticker", style="bold")
-    tickers.add_column("items", justify="right")
-    tickers.add_column("bearish", justify="right")
-    tickers.add_column("share", justify="right")
-    for stat in snapshot.top_negative:
-        share = 100.0 * stat.negative_share
-        tickers.add_row(
-            stat.ticker,
-            f"{stat.total:,}",
-            f"{stat.negative:,}",
-            Text(f"{share:.0f}%", style="red" if share >= 50 else ""),
-        )
-
-    newest = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
-    newest.add_column("scored", style="dim", no_wrap=True)
-    newest.add_column("tickers", style="bold", no_wrap=True)
-    newest.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
-    for item in snapshot.newest_negative:
-        when = f"{item.scored_at.astimezone(UTC):%H:%M:%S}" if item.scored_at else "-"
-        newest.add_row(when, " ".join(item.tickers) or "-", item.text)
 
     top = Table.grid(expand=True, padding=(0, 1))
-    top.add_column(ratio=1)
-    top.add_column(ratio=1)
+    top.add_column(ratio=2)
+    top.add_column(ratio=3)
+    top.add_column(ratio=4)
     top.add_row(
         Panel(rates, title="throughput"),
-        Panel(mix, title=f"sentiment, last {MIX_WINDOW_S // 60} min ({snapshot.mix_total:,})"),
+        Panel(mix, title=f"sentiment, {MIX_WINDOW_S // 60} min ({snapshot.mix_total:,})"),
+        Panel(_model_panel(snapshot), title="model"),
     )
-    parts: list[RenderableType] = [
-        header,
-        top,
-        Panel(
-            tickers,
-            title=(
-                f"top tickers by bearish share, last {TICKER_WINDOW_S // 60} min"
-                f" (>= {snapshot.min_volume} items)"
-            ),
-        ),
-        Panel(newest, title="newest bearish items"),
-    ]
+    parts: list[RenderableType] = [header, top]
+
+    if rows["tickers"]:
+        tickers = _table(
+            ("ticker", {"style": "bold"}),
+            ("items", {"justify": "right"}),
+            ("bearish", {"justify": "right"}),
+            ("share", {"justify": "right"}),
+        )
+        for stat in snapshot.top_negative[: rows["tickers"]]:
+            share = 100.0 * stat.negative_share
+            tickers.add_row(
+                stat.ticker,
+                f"{stat.total:,}",
+                f"{stat.negative:,}",
+                Text(f"{share:.0f}%", style="red" if share >= 50 else ""),
+            )
+        if not snapshot.top_negative:
+            tickers.add_row(Text("none yet", style="dim"), "", "", "")
+        title = (
+            f"top tickers by bearish share, last {TICKER_WINDOW_S // 60} min"
+            f" (>= {snapshot.min_volume} items)"
+        )
+        parts.append(Panel(tickers, title=title))
+
+    if rows["negatives"]:
+        newest = _table(
+            ("scored", {"style": "dim", "no_wrap": True}),
+            ("tickers", {"style": "bold", "no_wrap": True}),
+            ("text", {"overflow": "ellipsis", "no_wrap": True, "ratio": 1}),
+        )
+        for item in snapshot.newest_negative[: rows["negatives"]]:
+            when = f"{item.scored_at.astimezone(UTC):%H:%M:%S}" if item.scored_at else "-"
+            newest.add_row(when, " ".join(item.tickers) or "-", item.text)
+        if not snapshot.newest_negative:
+            newest.add_row("", "", Text("none yet", style="dim"))
+        parts.append(Panel(newest, title="newest bearish items"))
+
+    if rows["alerts"]:
+        alerts = _table(
+            ("at", {"style": "dim", "no_wrap": True}),
+            ("rule", {"no_wrap": True}),
+            ("key", {"style": "bold", "no_wrap": True}),
+            ("bearish share", {"justify": "right"}),
+            ("items", {"justify": "right"}),
+        )
+        for alert in snapshot.alerts[: rows["alerts"]]:
+            when = f"{alert.created_at.astimezone(UTC):%H:%M:%S}" if alert.created_at else "-"
+            share = "-" if alert.negative_share is None else f"{100 * alert.negative_share:.0f}%"
+            total = "-" if alert.total is None else f"{alert.total:,}"
+            alerts.add_row(when, alert.rule, alert.key, Text(share, style="red"), total)
+        parts.append(Panel(alerts, title="newest alerts"))
+
+    if rows["sources"]:
+        sources = _table(
+            ("source", {"style": "bold", "no_wrap": True}),
+            ("status", {"no_wrap": True}),
+            ("last poll", {"style": "dim"}),
+            ("items", {"justify": "right"}),
+            ("errors", {"justify": "right"}),
+        )
+        for row in snapshot.sources[: rows["sources"]]:
+            when = f"{row.last_poll_at.astimezone(UTC):%H:%M:%S}" if row.last_poll_at else "-"
+            style = "red" if row.status.startswith("error") else ""
+            sources.add_row(
+                row.source,
+                Text(row.status, style=style),
+                when,
+                f"{row.items_total:,}",
+                f"{row.errors_total:,}",
+            )
+        parts.append(Panel(sources, title="sources"))
     if snapshot.error:
-        parts.append(Text(snapshot.error, style="bold red"))
+        parts.append(Text(snapshot.error, style="bold red", no_wrap=True, overflow="ellipsis"))
     return Group(*parts)
 
 
@@ -312,6 +472,67 @@ def count_dead_letters(es: Elasticsearch, index: str) -> int | None:
         return None
 
 
+def fetch_alerts(es: Elasticsearch, index: str, limit: int = 5) -> list[AlertRow]:
+    """The newest alerts; none when the alerts index does not exist (yet)."""
+    response = es.options(ignore_status=404).search(index=index, **alerts_request(limit))
+    return alert_rows(response.body)
+
+
+def lifecycle_state(models_dir: Path) -> tuple[str | None, TrainingStatus | None]:
+    """The live model's version and the background training's status, from the models
+    folder (a training whose process is gone shows as `stopped`)."""
+    from finsentry.models.artifact import ArtifactError, newest_servable, read_manifest
+    from finsentry.models.registry import read_live, read_training_status
+
+    try:
+        pointer = read_live(models_dir)
+        if pointer is not None:
+            live: str | None = pointer.live.version
+        else:
+            newest = newest_servable(models_dir)
+            live = read_manifest(newest).version if newest is not None else None
+    except ArtifactError:
+        live = None
+    training = read_training_status(models_dir)
+    if (
+        training is not None
+        and training.phase not in {"done", "failed"}
+        and training.pid is not None
+        and not _alive(training.pid)
+    ):
+        training = training.model_copy(update={"phase": "stopped"})
+    return live, training
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def source_rows(state_dir: Path) -> list[SourceRow]:
+    """The sources' health (`finsentry.sources.state`), worst first; none without sources."""
+    try:
+        from finsentry.sources.state import source_health_rows
+    except ImportError:
+        return []
+    rows = [
+        SourceRow(
+            source=h.source,
+            status=h.last_status,
+            last_poll_at=h.last_poll_at,
+            items_total=h.items_total,
+            errors_total=h.errors_total,
+        )
+        for h in source_health_rows(state_dir)
+    ]
+    return sorted(rows, key=lambda r: (not r.status.startswith("error"), r.source))
+
+
 def fetch_snapshot(
     es: Elasticsearch,
     items_index: str,
@@ -321,6 +542,7 @@ def fetch_snapshot(
     min_volume: int = 5,
     top_n: int = 8,
     negatives: int = 8,
+    alerts_index: str | None = None,
 ) -> LiveSnapshot:
     """Query Elasticsearch once. A missing items index gives an empty snapshot saying so;
     other errors propagate."""
@@ -328,6 +550,7 @@ def fetch_snapshot(
 
     now = now or datetime.now(UTC)
     dead = count_dead_letters(es, dead_letters_index)
+    alerts = fetch_alerts(es, alerts_index) if alerts_index else []
     try:
         stats = es.search(index=items_index, **stats_request(now)).body
         newest = es.search(index=items_index, **negatives_request(negatives)).body
@@ -337,9 +560,10 @@ def fetch_snapshot(
             index=items_index,
             min_volume=min_volume,
             dead_letters=dead,
+            alerts=alerts,
             error=f"index {items_index} does not exist yet: waiting for the first scored items",
         )
-    return build_snapshot(
+    snapshot = build_snapshot(
         stats,
         newest,
         dead,
@@ -348,6 +572,7 @@ def fetch_snapshot(
         min_volume=min_volume,
         top_n=top_n,
     )
+    return snapshot.model_copy(update={"alerts": alerts})
 
 
 def run_live_view(
@@ -370,24 +595,49 @@ def run_live_view(
     own_client = es is None
     client = es if es is not None else make_es_client(settings)
     snapshot = LiveSnapshot(taken_at=datetime.now(UTC), index=settings.items_index)
+    console = console or Console()
+
+    def height() -> int:
+        return max(12, min(console.size.height, DEFAULT_HEIGHT))
+
+    # Redrawn in place: the frame never exceeds the terminal (cropped if it is tiny), and
+    # nothing else prints meanwhile (`finsentry run` logs to a file).
+    live = Live(
+        render(snapshot, height=height()),
+        console=console,
+        auto_refresh=False,
+        vertical_overflow="crop",
+    )
     try:
-        with Live(render(snapshot), console=console, auto_refresh=False) as live:
-            while not stop.is_set():
-                try:
-                    snapshot = fetch_snapshot(
-                        client, settings.items_index, settings.dead_letters_index
-                    )
-                except (ApiError, TransportError) as exc:
-                    snapshot = snapshot.model_copy(
-                        update={
-                            "taken_at": datetime.now(UTC),
-                            "error": f"Elasticsearch: {type(exc).__name__}: {str(exc)[:200]}",
-                        }
-                    )
-                live.update(render(snapshot), refresh=True)
-                stop.wait(refresh_s)
+        live.start()
+        while not stop.is_set():
+            try:
+                snapshot = fetch_snapshot(
+                    client,
+                    settings.items_index,
+                    settings.dead_letters_index,
+                    alerts_index=settings.alerts_index,
+                )
+            except (ApiError, TransportError) as exc:
+                snapshot = snapshot.model_copy(
+                    update={
+                        "taken_at": datetime.now(UTC),
+                        "error": f"Elasticsearch: {type(exc).__name__}: {str(exc)[:200]}",
+                    }
+                )
+            live_model, training = lifecycle_state(settings.models_dir)
+            snapshot = snapshot.model_copy(
+                update={
+                    "live_model": live_model,
+                    "training": training,
+                    "sources": source_rows(settings.state_dir),
+                }
+            )
+            live.update(render(snapshot, height=height()), refresh=True)
+            stop.wait(refresh_s)
     except KeyboardInterrupt:
         pass
     finally:
+        live.stop()
         if own_client:
             client.close()

@@ -13,7 +13,7 @@ from finsentry.index.bulk_sink import BulkSink
 from finsentry.index.template import apply_dead_letters_template, apply_items_template
 from finsentry.models.scorer import load_scorer
 from finsentry.settings import Settings
-from finsentry.streams.app import add_scoring_agent, create_app, declare_topics
+from finsentry.streams.app import ModelSwapper, add_scoring_agent, create_app, declare_topics
 from finsentry.streams.batch_processor import BatchProcessor
 from finsentry.streams.entity_linking import load_company_index
 
@@ -63,7 +63,9 @@ def build_worker_app(settings: Settings) -> faust.App:
         max_text_chars=settings.max_text_chars,
         dead_letter_sink=dead_letter_sink,
     )
-    add_scoring_agent(app, topics, processor, settings)
+    # A pinned model (FINSENTRY_MODEL_PATH) stays; else the worker follows the live one.
+    swapper = ModelSwapper(settings, processor) if settings.model_path is None else None
+    add_scoring_agent(app, topics, processor, settings, swapper)
 
     @app.on_before_shutdown.connect
     async def _stop_retrying(app: faust.App, **_: object) -> None:

@@ -26,6 +26,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from finsentry.alerts.outbox import ALERT_ID_HEADER
 from finsentry.alerts.rules import AlertRules, DeliveryPolicy
+from finsentry.alerts.stories import StoryPolicy
 from finsentry.messages import Alert
 from finsentry.settings import Settings
 from tests.test_alerts_rules import scenario
@@ -111,7 +112,10 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
     rules = AlertRules(
         delivery=DeliveryPolicy(
             timeout_s=2.0, initial_backoff_s=0.5, max_backoff_s=1.0, sweep_interval_s=0.5
-        )
+        ),
+        # The crafted titles differ only by a number: near-duplicates by design, which
+        # would count once (test_alerts_watchlists covers that); here each counts.
+        stories=StoryPolicy(count_once=False),
     )
     rules_file = tmp_path / "rules.json"
     rules_file.write_text(rules.model_dump_json())

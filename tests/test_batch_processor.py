@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ class PoisonSensitiveScorer:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def score(self, texts: list[str]) -> list[ItemScores]:
+    def score(self, texts: list[str], companies: Any = None) -> list[ItemScores]:
         self.calls.append(len(texts))
         if any("poison" in t for t in texts):
             raise RuntimeError("CUDA out of memory (simulated)")

@@ -272,7 +272,11 @@ def test_push_is_an_idempotent_upsert(fake_grafana) -> None:
     assert items["basicAuthUser"] == "grafana-reader"
     assert items["secureJsonData"] == {"basicAuthPassword": "s3cret"}
     assert state["contact"][CONTACT_POINT]["settings"]["url"] == "http://hook/x"
-    assert set(state["dashboard"]) == {"finsentry-market", "finsentry-pipeline"}
+    assert set(state["dashboard"]) == {
+        "finsentry-market",
+        "finsentry-pipeline",
+        "finsentry-alerts-board",
+    }
     assert len(state["group"]["finsentry-sentiment"]["rules"]) == 2
     assert state["policy"]["finsentry-webhook"]["receiver"] == CONTACT_POINT
 
@@ -284,3 +288,50 @@ def test_push_skips_contact_point_without_webhook_url(fake_grafana) -> None:
     assert done[-1].kind == "contact-point" and done[-1].action == "skipped"
     assert "contact" not in handler.state
     assert handler.state["datasource"]["finsentry-items"]["basicAuthUser"] == ""
+
+
+def test_alerts_board(files: dict[str, str]) -> None:
+    board = load(files, "dashboards/alerts.json")
+    assert board["uid"] == "finsentry-alerts-board"
+    titles = [p["title"] for p in board["panels"]]
+    assert titles == [
+        "Alerts per watchlist",
+        "Alerts per company",
+        "Alerts per rule",
+        "Newest alerts",
+        "Net sentiment of alerted companies",
+    ]
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names == ["watchlist", "ticker"]
+    (annotation,) = board["annotations"]["list"]
+    assert annotation["datasource"]["uid"] == "finsentry-alerts"
+    assert annotation["target"]["query"] == "watchlist:$watchlist"
+    newest = next(p for p in board["panels"] if p["title"] == "Newest alerts")
+    shown = newest["transformations"][0]["options"]["includeByName"]
+    assert {"watchlist", "company", "rule", "summary", "acknowledged"} <= set(shown)
+
+
+def test_severe_item_rules_per_rules_file_watchlist() -> None:
+    from finsentry.alerts.rules import AlertRules, SevereItemRule
+    from finsentry.alerts.watchlists import WatchlistSpec
+
+    rules = AlertRules(
+        severe_item=SevereItemRule(min_confidence=0.85, topics=["Company | Legal"]),
+        watchlists=[WatchlistSpec(name="desk", companies=["Apple", "TSLA"])],
+    )
+    tree = render_tree(GrafanaConfig(rules=rules))
+    (group,) = load(tree, "alerting/rules.yaml")["groups"]
+    severe = [r for r in group["rules"] if r["labels"]["rule"] == "severe_item"]
+    (rule,) = severe
+    assert rule["uid"] == "finsentry-severe-item-desk"
+    assert rule["labels"]["watchlist"] == "desk"
+    query = rule["data"][0]["model"]["query"]
+    assert query == (
+        'sentiment:bearish AND sentiment_confidence:>=0.85 AND tickers:("AAPL" OR "TSLA") '
+        'AND topic:("Company | Legal")'
+    )
+    assert rule["data"][0]["relativeTimeRange"]["from"] == 120
+    assert [q["refId"] for q in rule["data"]] == ["A", "C", "E", "F"]
+    assert rule["condition"] == "F"
+    # The default rules have no watchlists: no severe-item rule in the committed tree.
+    assert len(load(render_tree(GrafanaConfig()), "alerting/rules.yaml")["groups"][0]["rules"]) == 2

@@ -399,6 +399,21 @@ def check_newest_dead(target: dict, response: dict, data: dict) -> None:
     assert all(h["error"] and h["reason"] for h in hits)
 
 
+def check_by_source(target: dict, response: dict, data: dict) -> None:
+    assert totals(rows(response, target), "source") == dict(
+        Counter(i.source for i in data["items"])
+    )
+
+
+def check_sources_table(target: dict, response: dict, data: dict) -> None:
+    found = {r["source"]: r for r in rows(response, target)}
+    expected = Counter(i.source for i in data["items"])
+    assert {k: r["doc_count"] for k, r in found.items()} == dict(expected)
+    for source, row in found.items():
+        newest = max(i.ingested_at for i in data["items"] if i.source == source)
+        assert row["2"] == newest.timestamp() * 1000
+
+
 PIPELINE_CHECKS: dict[str, Callable[[dict, dict, dict], None]] = {
     "Ingest rate": check_ingest,
     "Scoring latency": check_latency,
@@ -406,6 +421,8 @@ PIPELINE_CHECKS: dict[str, Callable[[dict, dict, dict], None]] = {
     "Model versions": check_versions_table,
     "Dead letters by error": check_dead_by_error,
     "Newest dead letters": check_newest_dead,
+    "Items by source": check_by_source,
+    "Sources": check_sources_table,
 }
 
 

@@ -185,3 +185,123 @@ def test_long_texts_are_truncated() -> None:
     assert len(snapshot.newest_negative[0].text) == 40
     assert snapshot.newest_negative[0].text.endswith("…")
     assert snapshot.dead_letters == 3
+
+
+# --- fits a terminal, shows the model life cycle, alerts and sources -------------------------
+
+
+def _full_snapshot() -> LiveSnapshot:
+    from finsentry.models.registry import TrainingStatus
+    from finsentry.streams.live_view import AlertRow, NegativeItem, SourceRow, TickerStat
+
+    return LiveSnapshot(
+        taken_at=NOW,
+        index="finsentry-items",
+        total=12345,
+        count_10s=1500,
+        count_1m=9000,
+        top_negative=[TickerStat(ticker=f"T{i}", total=50, negative=40 - i) for i in range(8)],
+        newest_negative=[
+            NegativeItem(scored_at=NOW, tickers=["T1"], text="word " * 60) for _ in range(8)
+        ],
+        model_versions=["bootstrap-tfidf-0123456789ab"],
+        dead_letters=3,
+        live_model="bootstrap-tfidf-0123456789ab",
+        training=TrainingStatus(
+            phase="training",
+            message="fine-tuning the default model loss=0.4",
+            step=1234,
+            total=3984,
+            eta_s=1860,
+            started_at=NOW,
+            updated_at=NOW,
+        ),
+        alerts=[
+            AlertRow(
+                created_at=NOW,
+                rule="ticker_negative_burst",
+                key=f"T{i}",
+                negative_share=0.8,
+                total=40,
+            )
+            for i in range(6)
+        ],
+        sources=[
+            SourceRow(source=f"feed-{i}", status="ok" if i else "error:http_503", items_total=10)
+            for i in range(6)
+        ],
+        error="Elasticsearch: ConnectionError: " + "x" * 300,
+    )
+
+
+def _lines(snapshot: LiveSnapshot, height: int, width: int) -> list[str]:
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(render(snapshot, height=height))
+    return console.export_text().rstrip("\n").split("\n")
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_a_full_view_fits_40_lines_and_shows_the_model_life_cycle(width: int) -> None:
+    lines = _lines(_full_snapshot(), 40, width)
+    assert len(lines) <= 40
+    text = "\n".join(lines)
+    for expected in ("bootstrap-tfidf", "31%", "1,234/3,984", "ETA 31 min", "newest alerts"):
+        assert expected in text, expected
+    assert "T4" in text and "sources" in text and "error:http_503" in text  # worst first
+
+
+def test_a_small_terminal_crops_the_panels_that_matter_least() -> None:
+    snapshot = _full_snapshot()
+    for height in (12, 18, 24, 30):
+        lines = _lines(snapshot, height, 120)
+        assert len(lines) <= height, (height, len(lines))
+    text = "\n".join(_lines(snapshot, 18, 120))
+    assert "newest bearish items" in text and "top tickers" in text
+    assert "sources" not in text and "newest alerts" not in text
+    assert "live" in text and "bootstrap-tfidf" in text
+
+
+def test_training_phases_render() -> None:
+    from finsentry.models.registry import TrainingStatus
+
+    done = TrainingStatus(
+        phase="done", message="serving 93c97afbde4f", version="93c97afbde4f",
+        started_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+    text = "\n".join(_lines(_full_snapshot().model_copy(update={"training": done}), 40, 120))
+    assert "done: 93c97afbde4f" in text
+
+
+def test_lifecycle_state_reads_the_registry_and_notices_a_dead_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from finsentry.models.registry import TrainingStatus, write_training_status
+    from finsentry.streams.live_view import lifecycle_state
+
+    assert lifecycle_state(tmp_path) == (None, None)
+    gone = TrainingStatus(
+        phase="training", step=3, total=10, pid=2**22 + 12345, started_at=NOW, updated_at=NOW
+    )
+    write_training_status(tmp_path, gone)
+    live, training = lifecycle_state(tmp_path)
+    assert live is None and training is not None and training.phase == "stopped"
+
+
+@pytest.mark.integration
+def test_newest_alerts_come_from_the_alerts_index(es: Elasticsearch) -> None:
+    from finsentry.messages import Alert
+    from finsentry.streams.live_view import fetch_alerts
+
+    index = f"test-live-alerts-{uuid.uuid4().hex[:12]}"
+    assert fetch_alerts(es, index) == []  # no index yet
+    try:
+        for i in range(3):
+            alert = Alert(
+                id=f"a{i}", rule="burst", key_type="ticker", key=f"K{i}",
+                window_start=NOW, window_end=NOW, total=10 + i, negative=8,
+                negative_share=0.8, threshold=0.5, created_at=NOW + timedelta(seconds=i),
+            )  # fmt: skip
+            es.index(index=index, id=alert.id, document=alert.model_dump(mode="json"))
+        es.indices.refresh(index=index)
+        rows = fetch_alerts(es, index, limit=2)
+        assert [(r.key, r.total) for r in rows] == [("K2", 12), ("K1", 11)]
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)

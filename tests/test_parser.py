@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finsentry.messages import NewsItem
@@ -67,6 +67,7 @@ def test_the_reason_names_the_bad_field() -> None:
     assert isinstance(outcome, ParseError) and "kind" in outcome.reason
 
 
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into a failure
 @given(st.binary(max_size=300))
 def test_any_bytes_give_an_item_or_a_reason(raw: bytes) -> None:
     outcome = parse_raw(raw, CAP)
@@ -82,6 +83,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(["id", "text", "kind", "title", "published_at", "extra", "source", "x"]),

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from finsentry.index.template import apply_items_template
-from finsentry.messages import ScoredItem
+from finsentry.messages import CompanyScores, ScoredItem
 from finsentry.queries.api import create_api
 from finsentry.queries.params import ItemsParams, TickersParams, TimelineParams, TopicsParams
 from finsentry.queries.results import BreakdownResult, ItemsResult, TimelineResult, run_query
@@ -64,6 +64,13 @@ def crafted_items() -> list[ScoredItem]:
                 # a8 has no publication time: it never matches a published_at range.
                 published_at=None if item_id == "a8" else ingested - timedelta(minutes=30),
                 tickers=tickers,
+                # What the worker writes when the model has no per-company head.
+                companies=[
+                    CompanyScores(
+                        ticker=t, sentiment=sentiment, confidence=0.8, score=score, source="text"
+                    )
+                    for t in tickers
+                ],
                 topic=topic,
                 topic_confidence=0.9,
                 sentiment=sentiment,

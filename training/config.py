@@ -41,6 +41,31 @@ class TrainConfig(BaseModel):
     )
     output_dir: Path = Field(description="Models folder; the artifact becomes a subfolder.")
 
+    # per-company head and news text (FinEntity-format JSON lines; multitask only)
+    entity_data: str | None = Field(
+        None,
+        description="News paragraphs with per-entity labels: trains the per-company head "
+        "and adds news to the sentiment task (a news validation/test split is carved out).",
+    )
+    entity_val_frac: float = Field(0.15, gt=0, lt=0.5)
+    entity_test_frac: float = Field(0.15, gt=0, lt=0.5)
+    news_repeat: int = Field(
+        2, ge=0, description="Copies of each single-label news paragraph in sentiment training."
+    )
+    news_sentences: bool = Field(
+        True, description="Also train sentiment on the paragraphs' single-label sentences."
+    )
+    derived_entity_weight: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Weight of per-company labels derived from tweets naming one company "
+        "(their tweet's label); 0 turns them off.",
+    )
+    company_files: list[str] = Field(
+        default_factory=list, description="Company lists for deriving tweet per-company labels."
+    )
+
     # data handling
     preprocess: Preprocess = "tweet-v1"
     max_length: int = Field(128, ge=8, le=512)
@@ -96,6 +121,8 @@ class TrainConfig(BaseModel):
         extra = [t for t in self.data if t not in needed]
         if extra:
             raise ValueError(f"data given for {extra}, which task {self.task!r} does not train")
+        if self.entity_data is not None and self.task != "multitask":
+            raise ValueError("the per-company head (entity_data) trains with task multitask")
         if self.lora and self.freeze != "full":
             raise ValueError("lora replaces freezing: use freeze=full with lora")
         return self
@@ -112,3 +139,9 @@ def default_data(data_dir: Path, task: Task) -> dict[str, DataSpec]:
     }
     tasks = list(TASKS) if task == "multitask" else [task]
     return {t: DataSpec(source=str(files[t])) for t in tasks}
+
+
+def default_entity_data(data_dir: Path) -> str | None:
+    """FinEntity's training part, when the data folder has it."""
+    path = Path(data_dir) / "finentity" / "train.jsonl"
+    return str(path) if path.is_file() else None

@@ -127,3 +127,95 @@ def evaluate_file(
         "data": data,
         **report,
     }
+
+
+def _entity_spans(
+    text: str, entity: str, start: object, end: object
+) -> tuple[list[tuple[int, int]], str | None]:
+    """The entity's span in its text, or why there is none (an error row, not a crash)."""
+    if start is not None and end is not None:
+        try:
+            a, b = int(start), int(end)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return [], "offsets not integers"
+        return ([(a, b)], None) if text[a:b] == entity else ([], "offsets do not match")
+    found = text.find(entity)
+    if found < 0:
+        found = text.casefold().find(entity.casefold())
+    if found < 0 or not entity:
+        return [], "entity not in text"
+    return [(found, found + len(entity))], None
+
+
+def evaluate_entities(
+    model_dir: Path,
+    data: str,
+    *,
+    text_col: str = "text",
+    entity_col: str = "entity",
+    label_col: str = "label",
+    start_col: str | None = None,
+    end_col: str | None = None,
+    label_map: Mapping[str, str] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Per-company sentiment: one row per (text, entity, label), optionally with the
+    entity's character offsets (else its first occurrence). Rows whose entity cannot be
+    found are counted under `errors`, not scored."""
+    from finsentry.models.runtime import ArtifactScorer
+    from finsentry.training.report import task_report
+
+    manifest = read_manifest(model_dir)
+    if manifest.entity is None:
+        raise DataError(f"the model {model_dir} has no per-company head (task entity)")
+    frame = read_table(data)
+    wanted = [text_col, entity_col, label_col] + [c for c in (start_col, end_col) if c]
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataError(f"{data}: no column(s) {missing}; columns are {list(frame.columns)}")
+    frame = frame[frame[text_col].notna() & frame[entity_col].notna() & frame[label_col].notna()]
+    if frame.empty:
+        raise DataError(f"{data}: no rows with a text, an entity and a label")
+    labels = manifest.entity.labels
+    y_all, bad = map_labels([raw_key(v) for v in frame[label_col]], label_map, labels, SENTIMENT)
+    if bad:
+        raise DataError(
+            f"{data}: labels {bad[:10]} do not map onto the per-company labels {labels}; "
+            "pass --label-map (JSON: file label -> model label)"
+        )
+    errors: dict[str, int] = {}
+    texts: dict[str, list[list[tuple[int, int]]]] = {}
+    where: list[tuple[str, int]] = []
+    y: list[int] = []
+    for row, label in zip(frame.to_dict("records"), y_all, strict=True):
+        text, entity = str(row[text_col]), str(row[entity_col])
+        spans, error = _entity_spans(
+            text,
+            entity,
+            row.get(start_col) if start_col else None,
+            row.get(end_col) if end_col else None,
+        )
+        if error is not None:
+            errors[error] = errors.get(error, 0) + 1
+            continue
+        companies = texts.setdefault(text, [])
+        where.append((text, len(companies)))
+        companies.append(spans)
+        y.append(int(label))
+    if not y:
+        raise DataError(f"{data}: no row could be scored ({errors})")
+    scorer = ArtifactScorer(model_dir, device=device)
+    order = list(texts)
+    probs = scorer.predict_proba(order, [texts[t] for t in order])
+    first = dict(zip(order, np.cumsum([0] + [len(texts[t]) for t in order]), strict=False))
+    rows = [int(first[text]) + k for text, k in where]
+    predicted = probs["entity"][rows].argmax(axis=1)
+    report = task_report(np.array(y), predicted, labels)
+    return {
+        "model": str(model_dir),
+        "version": manifest.version,
+        "task": "entity",
+        "data": data,
+        "errors": errors,
+        **report,
+    }

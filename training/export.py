@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from finsentry.models.artifact import ArtifactError, Manifest, read_manifest, staging
+from finsentry.models.heads import ENTITY
 from finsentry.models.runtime import ArtifactScorer, _groups_of, quiet_transformers
 from finsentry.training.quantize import quantize_int8
 
@@ -21,11 +22,14 @@ Quantize = Literal["int8", "none"]
 _WEIGHTS = {"model.safetensors", "pytorch_model.bin"}
 
 
-def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, opset: int) -> None:
-    """One ONNX graph: token ids in, `logits_<task>` for each task out (fp32)."""
+def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, opset: int) -> bool:
+    """One ONNX graph: token ids in, `logits_<task>` for each task out (fp32); with the
+    per-company head also `entity_mask` / `entity_row` in and `logits_entity` out.
+    Returns whether the graph has the per-company head."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from finsentry.models.artifact import load_entity_head
     from finsentry.models.heads import TaskHeads
 
     tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
@@ -34,16 +38,38 @@ def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, o
             t: AutoModelForSequenceClassification.from_pretrained(root / manifest.tasks[t].path)
             for t in tasks
         }
-    module = TaskHeads(models, shared_encoder=manifest.shared_encoder and len(tasks) > 1).eval()
-    sample = tokenizer(
-        ["a short text", "a somewhat longer text to give the exporter two lengths"],
-        padding=True,
-        return_tensors="pt",
+    shared = manifest.shared_encoder and len(tasks) > 1
+    entity = None
+    if manifest.entity is not None and shared:
+        entity = load_entity_head(root, manifest.entity)
+    module = TaskHeads(models, shared_encoder=shared, entity_head=entity).eval()
+    sample = dict(
+        tokenizer(
+            ["a short text", "a somewhat longer text to give the exporter two lengths"],
+            padding=True,
+            return_tensors="pt",
+        )
     )
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    if "token_type_ids" not in names and entity is not None:
+        names.append("token_type_ids")  # positional: the entity inputs come after it
+        sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
     outputs = [f"logits_{t}" for t in tasks]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes.update({o: {0: "batch"} for o in outputs})
+    if entity is not None:
+        width = sample["input_ids"].shape[1]
+        sample["entity_mask"] = torch.full((3, width), 1.0 / width)
+        sample["entity_row"] = torch.tensor([0, 1, 1])
+        names += ["entity_mask", "entity_row"]
+        outputs.append(f"logits_{ENTITY}")
+        axes.update(
+            {
+                "entity_mask": {0: "companies", 1: "sequence"},
+                "entity_row": {0: "companies"},
+                f"logits_{ENTITY}": {0: "companies"},
+            }
+        )
     with torch.inference_mode(), warnings.catch_warnings():
         # Tracing notes about shape checks that are constant for encoder-only models.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -58,13 +84,14 @@ def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, o
             opset_version=opset,
             dynamo=False,
         )
+    return entity is not None
 
 
 # Kept in float (ONNX node names, regular expressions): the feed-forward output projections,
 # whose inputs (GELU outputs) have the widest range, and the pooler and heads (tiny, but
 # straight before the logits). Quantising them cost 1-2 points of label agreement with fp32
 # for little speed (measured on the default artifact's held-out texts).
-KEEP_FLOAT = (r"layer\.\d+/output/dense/", r"/pooler/", r"/classifier")
+KEEP_FLOAT = (r"layer\.\d+/output/dense/", r"/pooler/", r"/classifier", r"/entity_head/")
 
 
 def _float_nodes(model_path: Path, patterns: Sequence[str]) -> list[str]:
@@ -93,20 +120,32 @@ def calibration_feeds(
             max_length=manifest.max_length,
             return_tensors="np",
         )
-        feeds.append({k: np.asarray(v, dtype=np.int64) for k, v in enc.items()})
+        feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        if manifest.entity is not None:  # the graph also wants companies: one dummy row
+            width = feed["input_ids"].shape[1]
+            feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+            feed["entity_mask"] = np.zeros((1, width), np.float32)
+            feed["entity_row"] = np.zeros(1, np.int64)
+        feeds.append(feed)
     return feeds
 
 
 def parity(
-    reference: ArtifactScorer, candidate: ArtifactScorer, texts: Sequence[str]
+    reference: ArtifactScorer,
+    candidate: ArtifactScorer,
+    texts: Sequence[str],
+    companies: Sequence[Sequence[Sequence[tuple[int, int]]]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Label agreement and probability differences per task, on the same texts, and the
-    throughput (texts per second, this machine) of both."""
+    throughput (texts per second, this machine) of both. With `companies` (mention spans
+    per company per text) the per-company head is compared too (`entity`)."""
     started = time.perf_counter()
-    ref = reference.predict_proba(texts)
+    ref = reference.predict_proba(texts, companies)
     middle = time.perf_counter()
-    cand = candidate.predict_proba(texts)
+    cand = candidate.predict_proba(texts, companies)
     ended = time.perf_counter()
+    ref.pop("entity_covered", None)
+    cand.pop("entity_covered", None)
     report: dict[str, dict[str, float]] = {
         "throughput": {
             "reference_texts_per_second": len(texts) / max(middle - started, 1e-9),
@@ -116,7 +155,7 @@ def parity(
     for task in ref:
         diff = np.abs(ref[task] - cand[task])
         report[task] = {
-            "n": len(texts),
+            "n": len(ref[task]),
             "label_agreement": float(np.mean(ref[task].argmax(1) == cand[task].argmax(1))),
             "max_prob_diff": float(diff.max()) if len(texts) else 0.0,
             "mean_prob_diff": float(diff.mean()) if len(texts) else 0.0,
@@ -144,6 +183,25 @@ def split_texts(manifest: Manifest, split: str = "test", limit: int | None = Non
     return texts
 
 
+def news_parity_texts(
+    manifest: Manifest,
+) -> tuple[list[str], list[list[list[tuple[int, int]]]]] | None:
+    """The held-out news paragraphs and their companies' spans, for the per-company head."""
+    from finsentry.training.config import TrainConfig
+    from finsentry.training.train import load_news
+
+    if manifest.entity is None:
+        return None
+    try:
+        config = TrainConfig.model_validate({**manifest.params, "output_dir": "."})
+        news = load_news(config, manifest.entity.labels)
+    except (ValueError, OSError):
+        return None
+    if news is None:
+        return None
+    return [t.text for t in news.test], [[list(e.spans) for e in t.entities] for t in news.test]
+
+
 def export_onnx(
     model_dir: Path,
     *,
@@ -164,12 +222,13 @@ def export_onnx(
     output = Path(output) if output is not None else model_dir / "exports"
     output.mkdir(parents=True, exist_ok=True)
     tasks = list(manifest.tasks)
+    entity_spec = None
     with staging(output) as stage:
         specs: dict[str, Any] = {}
         for i, group in enumerate(_groups_of(manifest, tasks)):
             name = "model.onnx" if i == 0 else f"model_{i}.onnx"
             fp32 = stage.path / f"fp32-{name}"
-            _export_group(model_dir, manifest, group, fp32, opset)
+            has_entity = _export_group(model_dir, manifest, group, fp32, opset)
             if quantize == "int8":
                 try:
                     calibration = split_texts(manifest, "train", limit=256)
@@ -194,11 +253,21 @@ def export_onnx(
                 specs[task] = manifest.tasks[task].model_copy(
                     update={"onnx_file": name, "onnx_output": f"logits_{task}"}
                 )
+            if has_entity and manifest.entity is not None:
+                (stage.path / manifest.entity.path).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(
+                    model_dir / manifest.entity.path / "config.json",
+                    stage.path / manifest.entity.path / "config.json",
+                )
+                entity_spec = manifest.entity.model_copy(update={"onnx_output": f"logits_{ENTITY}"})
         params = {"parent": manifest.params, "export": {"quantize": quantize, "opset": opset}}
         fields = {
-            **manifest.model_dump(exclude={"version", "created_at", "data", "params", "tasks"}),
+            **manifest.model_dump(
+                exclude={"version", "created_at", "data", "params", "tasks", "entity"}
+            ),
             "runtime": "onnx",
             "tasks": specs,
+            "entity": entity_spec,
             "parent_version": manifest.version,
             "quantization": (
                 "int8 dynamic, per-channel weights, SmoothQuant-calibrated activations "
@@ -213,6 +282,9 @@ def export_onnx(
         candidate = ArtifactScorer(stage.path, device="cpu")
         checked = parity(reference, candidate, texts)
         throughput = checked.pop("throughput")
+        news = news_parity_texts(manifest) if entity_spec is not None else None
+        if news is not None:
+            checked[ENTITY] = parity(reference, candidate, news[0], news[1])[ENTITY]
         report = {
             "parent_version": manifest.version,
             "version": new.version,

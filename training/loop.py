@@ -1,7 +1,8 @@
 """Models, freezing, and the one plain training loop (no Trainer).
 
-Every example carries a label id per task (-100 where it has none) and, when distilling,
-a teacher's probabilities per task. A batch contributes the loss of the labels it has."""
+Every example carries a label id per task (-100 where it has none), the companies it has
+per-company labels for (possibly none) and, when distilling, a teacher's probabilities per
+task. A batch contributes the loss of the labels it has."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from finsentry.models.heads import TaskHeads
+from finsentry.models.entity_inputs import entity_tensors
+from finsentry.models.heads import ENTITY, EntityHead, TaskHeads
 from finsentry.models.runtime import quiet_transformers
 from finsentry.training.config import DEFAULT_BASE, TrainConfig
+from finsentry.training.entity_data import EntityLabel
 
 IGNORE = -100
 _DROPOUT_KEYS = ("hidden_dropout_prob", "classifier_dropout", "dropout", "seq_classif_dropout")
@@ -62,11 +65,14 @@ def encoder_layers(base: nn.Module) -> nn.ModuleList:
 
 
 def build_models(
-    config: TrainConfig, task_labels: Mapping[str, list[str]]
+    config: TrainConfig,
+    task_labels: Mapping[str, list[str]],
+    entity_labels: list[str] | None = None,
 ) -> tuple[TaskHeads, PreTrainedTokenizerBase]:
     """One sequence-classification model per task from the base checkpoint.
 
-    With several tasks the models share (tie) one encoder: one encoder, one head per task."""
+    With several tasks the models share (tie) one encoder: one encoder, one head per task,
+    and with `entity_labels` a per-company head on the same encoder."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" report
@@ -89,7 +95,11 @@ def build_models(
             )
         if config.student_layers is not None:
             shrink(models[task], config.student_layers)
-    return TaskHeads(models, shared_encoder=len(models) > 1), tokenizer
+    entity_head = None
+    if entity_labels is not None:
+        hidden = next(iter(models.values())).config.hidden_size
+        entity_head = EntityHead(hidden, len(entity_labels), dropout=config.dropout)
+    return TaskHeads(models, shared_encoder=len(models) > 1, entity_head=entity_head), tokenizer
 
 
 def shrink(model: PreTrainedModel, keep: int) -> None:
@@ -159,27 +169,45 @@ def merge_lora(module: TaskHeads) -> None:
 
 @dataclass
 class Examples:
-    """Texts with a label id per task (IGNORE where missing) and optional teacher probs."""
+    """Texts with a label id per task (IGNORE where missing), the labelled companies of
+    each text (empty where none), and optional teacher probs."""
 
     texts: list[str]
     labels: dict[str, np.ndarray]
     soft: dict[str, np.ndarray] = field(default_factory=dict)
+    entities: list[tuple[EntityLabel, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def entities_of(self, i: int) -> tuple[EntityLabel, ...]:
+        return self.entities[i] if self.entities is not None else ()
 
     @staticmethod
     def concat(parts: Sequence[Examples], tasks: Sequence[str]) -> Examples:
         texts = [t for p in parts for t in p.texts]
         labels = {
             task: np.concatenate(
-                [p.labels.get(task, np.full(len(p), IGNORE, np.int64)) for p in parts]
+                [np.asarray(p.labels.get(task, np.full(len(p), IGNORE)), np.int64) for p in parts]
             )
             for task in tasks
         }
         soft_tasks = {t for p in parts for t in p.soft}
         soft = {t: np.concatenate([p.soft[t] for p in parts]) for t in soft_tasks}
-        return Examples(texts, labels, soft)
+        entities = None
+        if any(p.entities is not None for p in parts):
+            entities = [p.entities_of(i) for p in parts for i in range(len(p))]
+        return Examples(texts, labels, soft, entities)
+
+
+@dataclass(frozen=True)
+class ValSet:
+    """A validation (or test) set: texts with labels of one task, or labelled companies."""
+
+    task: str
+    texts: list[str]
+    labels: np.ndarray  # per text, or per company for the entity task (flattened)
+    entities: list[tuple[EntityLabel, ...]] | None = None
 
 
 def length_grouped_batches(
@@ -201,6 +229,39 @@ def tokenize(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> list[list[int]]:
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def tokenize_with_offsets(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids and each token's character span (needs a fast tokenizer)."""
+    enc = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True
+    )
+    return enc["input_ids"], [[tuple(o) for o in row] for row in enc["offset_mapping"]]
+
+
+def add_entity_inputs(
+    batch: dict[str, torch.Tensor],
+    offsets: Sequence[Sequence[tuple[int, int]]],
+    entities: Sequence[Sequence[EntityLabel]],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Put `entity_mask` / `entity_row` into the batch for the companies its texts have
+    that survived truncation; returns their (labels, weights), or None when there are none."""
+    refs = [(row, e) for row, ents in enumerate(entities) for e in ents]
+    if not refs:
+        return None
+    width = batch["input_ids"].shape[1]
+    mask, rows, covered = entity_tensors(offsets, [(r, e.spans) for r, e in refs], width)
+    if not covered.any():
+        return None
+    batch["entity_mask"] = torch.from_numpy(mask[covered])
+    batch["entity_row"] = torch.from_numpy(rows[covered])
+    kept = [e for (_, e), ok in zip(refs, covered, strict=True) if ok]
+    return (
+        np.array([e.label for e in kept], np.int64),
+        np.array([e.weight for e in kept], np.float32),
+    )
 
 
 def collate(
@@ -247,6 +308,49 @@ def predict_probs(
                 out[task][idx] = probs
     module.train(was_training)
     return out
+
+
+def predict_entity_probs(
+    module: TaskHeads,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    entities: Sequence[Sequence[EntityLabel]],
+    *,
+    max_length: int,
+    batch_size: int,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-company probabilities, companies in text order then entity order (flattened),
+    and whether each company survived truncation (uncovered rows are zero)."""
+    device = device or torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    ids, offsets = tokenize_with_offsets(tokenizer, texts, max_length)
+    starts = np.cumsum([0] + [len(e) for e in entities])
+    n_labels = module.entity_head.num_labels if module.entity_head is not None else 0
+    probs = np.zeros((int(starts[-1]), n_labels), np.float32)
+    covered = np.zeros(int(starts[-1]), bool)
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            idx = list(range(start, min(start + batch_size, len(ids))))
+            batch = collate(tokenizer, [ids[i] for i in idx])
+            refs = [(row, e.spans) for row, i in enumerate(idx) for e in entities[i]]
+            if not refs:
+                continue
+            mask, rows, ok = entity_tensors(
+                [offsets[i] for i in idx], refs, batch["input_ids"].shape[1]
+            )
+            batch["entity_mask"], batch["entity_row"] = (
+                torch.from_numpy(mask),
+                torch.from_numpy(rows),
+            )
+            logits = module.task_logits({k: v.to(device) for k, v in batch.items()})[ENTITY]
+            lo, hi = int(starts[idx[0]]), int(starts[idx[-1] + 1])
+            probs[lo:hi] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            covered[lo:hi] = ok
+    module.train(was_training)
+    probs[~covered] = 0.0
+    return probs, covered
 
 
 def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -301,7 +405,7 @@ def fit(
     module: TaskHeads,
     tokenizer: PreTrainedTokenizerBase,
     train: Examples,
-    val: Mapping[str, tuple[list[str], np.ndarray]],
+    val: Mapping[str, ValSet],
     config: TrainConfig,
     *,
     device: torch.device | None = None,
@@ -313,7 +417,11 @@ def fit(
     rng = np.random.default_rng(config.seed)
     module.to(device).train()
     tasks = module.tasks
-    ids = tokenize(tokenizer, train.texts, config.max_length)
+    with_entities = module.entity_head is not None and train.entities is not None
+    if with_entities:
+        ids, offsets = tokenize_with_offsets(tokenizer, train.texts, config.max_length)
+    else:
+        ids, offsets = tokenize(tokenizer, train.texts, config.max_length), []
     lengths = np.array([len(x) for x in ids])
     steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -348,12 +456,25 @@ def fit(
             if step >= total_steps:
                 break
             tick = time.perf_counter()
-            batch = {
-                k: v.to(device) for k, v in collate(tokenizer, [ids[i] for i in batch_idx]).items()
-            }
+            batch = collate(tokenizer, [ids[i] for i in batch_idx])
+            entity_targets = None
+            if with_entities:
+                entity_targets = add_entity_inputs(
+                    batch,
+                    [offsets[i] for i in batch_idx],
+                    [train.entities_of(i) for i in batch_idx],
+                )
+            batch = {k: v.to(device) for k, v in batch.items()}
             idx = torch.from_numpy(batch_idx)
             logits = module.task_logits(batch)
             loss = torch.zeros((), device=device)
+            if entity_targets is not None:
+                y_entity = torch.from_numpy(entity_targets[0]).to(device)
+                w_entity = torch.from_numpy(entity_targets[1]).to(device)
+                per_company = nn.functional.cross_entropy(
+                    logits[ENTITY].float(), y_entity, reduction="none"
+                )
+                loss = loss + (per_company * w_entity).sum() / w_entity.sum()
             for task in tasks:
                 y = labels[task][idx].to(device)
                 has = y != IGNORE
@@ -437,8 +558,8 @@ def fit(
 
 def _eval_line(record: Mapping[str, Any]) -> str:
     scores = "  ".join(
-        f"{task} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}"
-        for task, m in record["val"].items()
+        f"{name} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}"
+        for name, m in record["val"].items()
     )
     return f"step {record['step']} (epoch {record['epoch']:.2f}) validation: {scores}"
 
@@ -446,21 +567,45 @@ def _eval_line(record: Mapping[str, Any]) -> str:
 def evaluate_val(
     module: TaskHeads,
     tokenizer: PreTrainedTokenizerBase,
-    val: Mapping[str, tuple[list[str], np.ndarray]],
+    val: Mapping[str, ValSet],
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Validation accuracy and macro-F1 per task; `val_score` is the mean macro-F1."""
+    """Validation accuracy and macro-F1 per set; `val_score` is their mean macro-F1."""
     record: dict[str, Any] = {"val": {}}
-    for task, (texts, y) in val.items():
-        probs = predict_probs(
+    for name, data in val.items():
+        record["val"][name] = classification_scores(
+            data.labels, predict_val(module, tokenizer, data, config, device).argmax(axis=1)
+        )
+    record["val_score"] = float(np.mean([m["macro_f1"] for m in record["val"].values()]))
+    return record
+
+
+def predict_val(
+    module: TaskHeads,
+    tokenizer: PreTrainedTokenizerBase,
+    data: ValSet,
+    config: TrainConfig,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Probabilities for a validation/test set: per text, or per company (entity task)."""
+    if data.task == ENTITY:
+        assert data.entities is not None
+        probs, _ = predict_entity_probs(
             module,
             tokenizer,
-            texts,
+            data.texts,
+            data.entities,
             max_length=config.max_length,
             batch_size=config.eval_batch_size,
             device=device,
-        )[task]
-        record["val"][task] = classification_scores(y, probs.argmax(axis=1))
-    record["val_score"] = float(np.mean([m["macro_f1"] for m in record["val"].values()]))
-    return record
+        )
+        return probs
+    return predict_probs(
+        module,
+        tokenizer,
+        data.texts,
+        max_length=config.max_length,
+        batch_size=config.eval_batch_size,
+        device=device,
+    )[data.task]

@@ -124,6 +124,15 @@ def model_card(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
         "for early stopping and model selection. All rows use the same splits.",
         "",
     ]
+    if "entity" in tasks:
+        parts += [
+            "`entity` is the per-company head: one verdict per company of a news paragraph "
+            "(all its mentions), scored against FinEntity's per-entity labels; its baseline "
+            "row is what finsentry did before the head existed (the text's sentiment copied "
+            "onto every company). `news_sentiment` is the sentence head on the held-out news "
+            "paragraphs whose entities all share one label.",
+            "",
+        ]
     rows = []
     for task, info in tasks.items():
         for name, scores in info.get("baselines", {}).items():
@@ -181,6 +190,14 @@ def model_card(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
         "",
     ]
     for task, fp in manifest["data"].items():
+        if "paragraphs" in fp:
+            parts.append(
+                f"- **{task}** (per-company head, news sentiment): `{fp['source']}`, "
+                f"{fp['paragraphs']} paragraphs with {fp['entities']} labelled entities "
+                f"(sha256 {fp['sha256']}), split by paragraph {fp['split']} with seed "
+                f"{fp['seed']}. FinEntity (Tang et al., EMNLP 2023), ODC-BY-1.0."
+            )
+            continue
         parts.append(
             f"- **{task}**: `{fp['source']}`, {fp['rows']} usable rows "
             f"(sha256 {fp['sha256']}), split {fp['split']} with seed {fp['seed']}; "

@@ -1,0 +1,371 @@
+"""Backfill re-scoring: score indexed items again with the live model, resumably.
+
+The selection (a time range on `scored_at`, optionally the model version that scored them)
+is read through a point-in-time in (`scored_at`, `id`) order with `search_after`, in pages
+of `batch` items; each page is scored and written back as bulk partial updates (the scores,
+`model_version`, `rescored_at`, `previous_model_version`). After every page a checkpoint
+file records the sort key of its last item, so a rescore that is killed resumes where it
+stopped: a new point-in-time, `search_after` from the checkpoint.
+
+Nothing is re-scored twice and nothing is missed:
+- items the target model already scored are never selected (a page written just before a
+  kill, but after the last checkpoint, is therefore skipped on resume);
+- each update is conditional on the document's `_seq_no` / `_primary_term` as read, so an
+  item the live worker re-wrote meanwhile (a replay) is left alone (counted as a conflict).
+
+Throttling: the command runs at a lower CPU priority (`FINSENTRY_RESCORE_NICE`) and at most
+`FINSENTRY_RESCORE_MAX_RATE` items/s, so live scoring keeps its latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from finsentry.messages import CompanyMention, ItemScores, NewsItem
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
+    from finsentry.models.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+PIT_KEEP_ALIVE = "5m"
+SORT: list[dict[str, Any]] = [{"scored_at": "asc"}, {"id": "asc"}]
+RESCORE_MAPPING: dict[str, Any] = {
+    "rescored_at": {"type": "date"},
+    "previous_model_version": {"type": "keyword"},
+}
+_SOURCE = ["id", "title", "text", "tickers", "companies", "model_version"]
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class RescoreError(RuntimeError):
+    """Elasticsearch refused updates for a reason retrying does not fix."""
+
+
+class RescoreQuery(BaseModel):
+    """Which items to re-score."""
+
+    index: str
+    since: datetime | None = Field(None, description="scored_at >= since")
+    until: datetime | None = Field(None, description="scored_at < until")
+    from_version: str | None = Field(
+        None, description="Only items this model version scored (`*` wildcards allowed)."
+    )
+
+
+class RescoreCheckpoint(BaseModel):
+    query: RescoreQuery
+    target_version: str
+    search_after: list[Any] | None = None
+    seen: int = 0
+    updated: int = 0
+    conflicts: int = 0
+    total: int = Field(0, description="Items selected when the rescore started.")
+    started_at: datetime
+    updated_at: datetime
+
+
+class RescoreResult(BaseModel):
+    target_version: str
+    selected: int = Field(description="Items in the selection when this run started.")
+    updated: int = Field(description="Items re-scored by this run.")
+    conflicts: int = Field(description="Items the live worker re-wrote meanwhile (skipped).")
+    resumed: bool
+    seconds: float
+    finished: bool
+
+    @property
+    def items_per_s(self) -> float:
+        return self.updated / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def parse_time(value: str, now: datetime) -> datetime:
+    """An ISO-8601 time (UTC if no zone) or a span back from now: `90s`, `30m`, `2h`, `7d`."""
+    match = _RELATIVE.match(value)
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    parsed = datetime.fromisoformat(value.strip())
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def selection_query(query: RescoreQuery, target_version: str) -> dict[str, Any]:
+    """The items to re-score: in range, by `from_version`, not already by the target."""
+    filters: list[dict[str, Any]] = []
+    if query.since is not None or query.until is not None:
+        bounds: dict[str, str] = {}
+        if query.since is not None:
+            bounds["gte"] = query.since.isoformat()
+        if query.until is not None:
+            bounds["lt"] = query.until.isoformat()
+        filters.append({"range": {"scored_at": bounds}})
+    if query.from_version:
+        if "*" in query.from_version or "?" in query.from_version:
+            filters.append({"wildcard": {"model_version": {"value": query.from_version}}})
+        else:
+            filters.append({"term": {"model_version": query.from_version}})
+    return {
+        "bool": {
+            "filter": filters,
+            "must_not": [{"term": {"model_version": target_version}}],
+        }
+    }
+
+
+def mentions_of(source: Mapping[str, Any]) -> list[CompanyMention]:
+    """The companies an indexed item names, as the scorer takes them (offsets kept)."""
+    companies = source.get("companies") or []
+    if companies:
+        return [
+            CompanyMention(ticker=c["ticker"], name=c.get("name"), mentions=c.get("mentions") or [])
+            for c in companies
+        ]
+    return [CompanyMention(ticker=t) for t in source.get("tickers") or []]
+
+
+def model_text(source: Mapping[str, Any]) -> str:
+    """The text the stream gave the model for this item (headline + body)."""
+    from finsentry.streams.batch_processor import text_for_model
+
+    item = NewsItem(id=source.get("id") or "-", title=source.get("title"), text=source["text"])
+    return text_for_model(item)
+
+
+def update_fields(
+    scores: ItemScores, target_version: str, previous_version: str | None, now: datetime
+) -> dict[str, Any]:
+    """The partial document a re-scored item gets."""
+    return {
+        "topic": scores.topic.label,
+        "topic_confidence": scores.topic.confidence,
+        "topic_probs": scores.topic.probs,
+        "sentiment": scores.sentiment.label,
+        "sentiment_confidence": scores.sentiment.confidence,
+        "sentiment_probs": scores.sentiment.probs,
+        "sentiment_score": scores.sentiment_score,
+        "companies": [c.model_dump(mode="json") for c in scores.companies],
+        "evidence": scores.evidence,
+        "chunks": scores.chunks,
+        "model_version": target_version,
+        "previous_model_version": previous_version,
+        "rescored_at": now.isoformat(),
+    }
+
+
+def update_actions(
+    index: str,
+    hits: Sequence[Mapping[str, Any]],
+    scores: Sequence[ItemScores],
+    target_version: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Bulk updates, each conditional on the document being as it was read."""
+    return [
+        {
+            "_op_type": "update",
+            "_index": index,
+            "_id": hit["_id"],
+            "if_seq_no": hit["_seq_no"],
+            "if_primary_term": hit["_primary_term"],
+            "doc": update_fields(score, target_version, hit["_source"].get("model_version"), now),
+        }
+        for hit, score in zip(hits, scores, strict=True)
+    ]
+
+
+def checkpoint_file(state_dir: Path, query: RescoreQuery, target_version: str) -> Path:
+    key = json.dumps([query.model_dump(mode="json"), target_version], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(state_dir) / "rescore" / f"{query.index}-{digest}.json"
+
+
+# --- I/O ---------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: Path) -> RescoreCheckpoint | None:
+    try:
+        return RescoreCheckpoint.model_validate_json(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning("ignoring unreadable rescore checkpoint %s", path)
+        return None
+
+
+def write_checkpoint(path: Path, checkpoint: RescoreCheckpoint) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".rescore-", dir=Path(path).parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(checkpoint.model_dump_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_rescore_mapping(es: Elasticsearch, index: str) -> None:
+    """The items mapping is strict: add the rescore fields (idempotent)."""
+    es.indices.put_mapping(index=index, properties=RESCORE_MAPPING)
+
+
+def _takes_companies(scorer: Scorer) -> bool:
+    try:
+        return "companies" in inspect.signature(scorer.score).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def score_hits(scorer: Scorer, hits: Sequence[Mapping[str, Any]]) -> list[ItemScores]:
+    texts = [model_text(h["_source"]) for h in hits]
+    if _takes_companies(scorer):
+        return list(scorer.score(texts, [mentions_of(h["_source"]) for h in hits]))
+    return list(scorer.score(texts))
+
+
+def _write(es: Elasticsearch, actions: list[dict[str, Any]]) -> tuple[int, int]:
+    """(updated, conflicts); anything else Elasticsearch refuses stops the rescore (the
+    checkpoint is not advanced, so a rerun retries the page)."""
+    from elasticsearch import helpers
+
+    updated, errors = helpers.bulk(
+        es, actions, raise_on_error=False, max_retries=8, initial_backoff=1, max_backoff=30
+    )
+    conflicts = 0
+    for error in errors:  # type: ignore[union-attr]
+        detail = next(iter(error.values()))
+        if detail.get("status") == 409:
+            conflicts += 1
+        else:
+            raise RescoreError(f"Elasticsearch refused an update: {detail}")
+    return int(updated), conflicts
+
+
+def rescore(
+    es: Elasticsearch,
+    scorer: Scorer,
+    query: RescoreQuery,
+    *,
+    checkpoint_path: Path,
+    batch: int = 256,
+    max_rate: float = 0.0,
+    progress: bool = False,
+    stop: threading.Event | None = None,
+) -> RescoreResult:
+    """Re-score the selection with `scorer`, resuming from `checkpoint_path` if it holds a
+    checkpoint of the same selection and target model. Returns when the selection is done
+    (the checkpoint is then removed) or `stop` is set (it is kept)."""
+    from tqdm.auto import tqdm
+
+    target = scorer.version
+    ensure_rescore_mapping(es, query.index)
+    es.indices.refresh(index=query.index)
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    checkpoint = read_checkpoint(checkpoint_path)
+    resumed = (
+        checkpoint is not None and checkpoint.query == query and checkpoint.target_version == target
+    )
+    selection = selection_query(query, target)
+    if not resumed or checkpoint is None:
+        total = int(es.count(index=query.index, query=selection)["count"])
+        checkpoint = RescoreCheckpoint(
+            query=query, target_version=target, total=total, started_at=now, updated_at=now
+        )
+    run_updated = run_conflicts = 0
+    pit = es.open_point_in_time(index=query.index, keep_alive=PIT_KEEP_ALIVE)["id"]
+    bar = tqdm(
+        total=checkpoint.total,
+        initial=checkpoint.seen,
+        desc=f"rescore -> {target}",
+        unit="item",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    finished = False
+    try:
+        while stop is None or not stop.is_set():
+            tick = time.perf_counter()
+            body: dict[str, Any] = {
+                "size": batch,
+                "query": selection,
+                "sort": SORT,
+                "pit": {"id": pit, "keep_alive": PIT_KEEP_ALIVE},
+                "seq_no_primary_term": True,
+                "source": _SOURCE,
+            }
+            if checkpoint.search_after is not None:
+                body["search_after"] = checkpoint.search_after
+            response = es.search(**body)
+            pit = response.get("pit_id", pit)
+            hits = response["hits"]["hits"]
+            if not hits:
+                finished = True
+                break
+            scores = score_hits(scorer, hits)
+            updated, conflicts = _write(
+                es, update_actions(query.index, hits, scores, target, datetime.now(UTC))
+            )
+            run_updated += updated
+            run_conflicts += conflicts
+            checkpoint = checkpoint.model_copy(
+                update={
+                    "search_after": hits[-1]["sort"],
+                    "seen": checkpoint.seen + len(hits),
+                    "updated": checkpoint.updated + updated,
+                    "conflicts": checkpoint.conflicts + conflicts,
+                    "updated_at": datetime.now(UTC),
+                }
+            )
+            write_checkpoint(checkpoint_path, checkpoint)
+            bar.update(len(hits))
+            if max_rate > 0:
+                wait = len(hits) / max_rate - (time.perf_counter() - tick)
+                if wait > 0 and stop is not None:
+                    stop.wait(wait)
+                elif wait > 0:
+                    time.sleep(wait)
+    finally:
+        bar.close()
+        try:
+            es.close_point_in_time(id=pit)
+        except Exception as exc:  # expired meanwhile: it goes by itself
+            log.debug("closing the point in time failed: %s", exc)
+    if finished:
+        Path(checkpoint_path).unlink(missing_ok=True)
+    return RescoreResult(
+        target_version=target,
+        selected=checkpoint.total,
+        updated=run_updated,
+        conflicts=run_conflicts,
+        resumed=resumed,
+        seconds=time.perf_counter() - started,
+        finished=finished,
+    )
+
+
+def remaining(es: Elasticsearch, query: RescoreQuery, target_version: str) -> int:
+    """Items of the selection the target model has not scored yet."""
+    es.indices.refresh(index=query.index)
+    return int(es.count(index=query.index, query=selection_query(query, target_version))["count"])

@@ -1,0 +1,127 @@
+"""The first run on a fresh machine: no artifact at all. `finsentry run` serves the bootstrap
+model within seconds, trains the default model in the background (a tiny configuration
+here), promotes it, the worker swaps it in, and the bootstrap model's items are re-scored
+by themselves, each exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finsentry.models.registry import read_live, read_training_status
+from finsentry.settings import Settings
+from tests.support.tiny_artifact import build_tiny_base
+from tests.support.worker_process import settings_env
+
+pytestmark = pytest.mark.integration
+
+TINY_TRAINING = {
+    "epochs": 1,
+    "max_train_samples": 200,
+    "baselines": False,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "max_length": 64,
+    "entity_data": None,  # the per-company head has its own tests (test_entity_head.py)
+}
+
+
+def _docs(es: Any, index: str) -> list[dict[str, Any]]:
+    es.indices.refresh(index=index, ignore_unavailable=True)
+    response = es.options(ignore_status=404).search(
+        index=index,
+        size=5000,
+        version=True,
+        source=["model_version", "previous_model_version"],
+    )
+    return [
+        {"_version": h["_version"], **h["_source"]}
+        for h in response.get("hits", {}).get("hits", [])
+    ]
+
+
+def test_first_run_serves_the_bootstrap_model_then_swaps_in_the_default(
+    settings: Settings, es: Any, tmp_path: Path
+) -> None:
+    models, state = tmp_path / "models", tmp_path / "state"
+    base = build_tiny_base(tmp_path / "tiny-base")
+    env = settings_env(settings.model_copy(update={"max_wait": 0.2}), models)
+    del env["FINSENTRY_MODEL_PATH"]
+    env.update(
+        FINSENTRY_MODELS_DIR=str(models),
+        FINSENTRY_STATE_DIR=str(state),
+        FINSENTRY_BOOTSTRAP_MAX_SAMPLES="300",
+        FINSENTRY_DEFAULT_TRAIN_OVERRIDES=json.dumps({**TINY_TRAINING, "base_model": str(base)}),
+        FINSENTRY_MODEL_POLL_INTERVAL="0.5",
+        FINSENTRY_DEVICE="cpu",
+        FINSENTRY_RESCORE_NICE="0",
+    )
+    started = time.monotonic()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "finsentry", "run", "--rate", "20", "--duration", "400"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # so that a hung run can be killed with its children
+    )
+    seen_bootstrap = False
+    try:
+        deadline = started + 360
+        while True:
+            assert run.poll() is None, run.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, (
+                f"status {read_training_status(models)}; "
+                f"{(state / 'logs' / 'training.log').read_text(errors='replace')[-3000:]}"
+            )
+            docs = _docs(es, settings.items_index)
+            versions = {d["model_version"] for d in docs}
+            seen_bootstrap |= any(v.startswith("bootstrap-tfidf-") for v in versions)
+            status = read_training_status(models)
+            done = status is not None and status.phase == "done"
+            if (
+                seen_bootstrap
+                and done
+                and docs
+                and not any(v.startswith("bootstrap-tfidf-") for v in versions)
+            ):
+                break
+            time.sleep(1.0)
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            output = run.communicate(timeout=90)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            output = run.communicate()[0].decode(errors="replace")
+    clean_exit = run.returncode == 0
+    assert "training the bootstrap model" in output
+
+    pointer = read_live(models)
+    assert pointer is not None and not pointer.live.version.startswith("bootstrap-tfidf-")
+    assert [e.version[:16] for e in pointer.history] == ["bootstrap-tfidf-"]
+    assert pointer.live.reason.startswith("default model, ")  # int8, or why not
+    assert status is not None and status.version == pointer.live.version
+
+    time.sleep(1.5)  # anything written twice would show in _version
+    docs = _docs(es, settings.items_index)
+    rescored = [d for d in docs if d.get("previous_model_version")]
+    assert rescored, "the bootstrap model scored items that were re-scored"
+    for doc in docs:
+        assert doc["model_version"] == pointer.live.version
+        if doc.get("previous_model_version"):
+            assert doc["previous_model_version"].startswith("bootstrap-tfidf-")
+            assert doc["_version"] == 2  # indexed once, re-scored once
+        else:
+            assert doc["_version"] == 1
+    if not clean_exit:
+        # Known defect (#10, open): on a loaded machine `finsentry run` sometimes outlives
+        # Ctrl-C by more than 90 s (it exits at once when run alone). Everything above holds.
+        pytest.xfail(f"finsentry run did not exit within 90 s of Ctrl-C: {output[-500:]}")
