@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint services-up services-down clean
+.PHONY: install run test reliability lint services-up services-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# Only the tests that record RELIABILITY.md's rows (the file is rewritten, as by `make test`).
+reliability: install
+	$(BIN)/pytest $$($(BIN)/python -m tests.support.outcomes --selection)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

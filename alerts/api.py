@@ -17,7 +17,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from finsentry.alerts.store import AlertDocument, AlertFilter, acknowledge, search_alerts
@@ -52,6 +52,12 @@ class Acknowledgement(BaseModel):
     by: str | None = Field(None, max_length=128, description="Who acknowledges.")
 
 
+# Declared in the OpenAPI schema; checked by `_checked_name` (its message says what is wrong).
+WatchlistName = Annotated[str, Path(json_schema_extra={"pattern": NAME_PATTERN})]
+ALERT_ID_PATTERN = r"^[0-9a-f]{1,64}$"
+AlertId = Annotated[str, Path(json_schema_extra={"pattern": ALERT_ID_PATTERN})]
+
+
 def _checked_name(name: str) -> str:
     if not re.match(NAME_PATTERN, name):
         raise HTTPException(
@@ -82,7 +88,7 @@ def alerts_router(settings: Settings, es: "Elasticsearch") -> APIRouter:
         return WatchlistsResult(watchlists=list_watchlists(es, index))
 
     @router.get("/watchlists/{name}", summary="One watchlist", tags=["alerts"])
-    def watchlist(name: str) -> Watchlist:
+    def watchlist(name: WatchlistName) -> Watchlist:
         found = get_watchlist(es, index, _checked_name(name))
         if found is None:
             raise HTTPException(status_code=404, detail=f"no watchlist {name!r}")
@@ -93,7 +99,7 @@ def alerts_router(settings: Settings, es: "Elasticsearch") -> APIRouter:
         summary="Create or replace a watchlist (tickers or company names)",
         tags=["alerts"],
     )
-    def store_watchlist(name: str, body: WatchlistIn) -> Watchlist:
+    def store_watchlist(name: WatchlistName, body: WatchlistIn) -> Watchlist:
         try:
             resolved = resolve_watchlist(
                 _checked_name(name),
@@ -109,7 +115,7 @@ def alerts_router(settings: Settings, es: "Elasticsearch") -> APIRouter:
     @router.delete(
         "/watchlists/{name}", status_code=204, summary="Delete a watchlist", tags=["alerts"]
     )
-    def remove_watchlist(name: str) -> Response:
+    def remove_watchlist(name: WatchlistName) -> Response:
         if not delete_watchlist(es, index, _checked_name(name)):
             raise HTTPException(status_code=404, detail=f"no watchlist {name!r}")
         return Response(status_code=204)
@@ -119,8 +125,8 @@ def alerts_router(settings: Settings, es: "Elasticsearch") -> APIRouter:
         return AlertsResult(alerts=search_alerts(es, settings.alerts_index, params))
 
     @router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert", tags=["alerts"])
-    def ack(alert_id: str, body: Acknowledgement | None = None) -> AlertDocument:
-        if not re.fullmatch(r"[0-9a-f]{1,64}", alert_id):
+    def ack(alert_id: AlertId, body: Acknowledgement | None = None) -> AlertDocument:
+        if not re.fullmatch(ALERT_ID_PATTERN, alert_id):
             raise HTTPException(status_code=422, detail=f"invalid alert id {alert_id[:80]!r}")
         by = body.by if body is not None else None
         done = acknowledge(es, settings.alerts_index, alert_id, by, utcnow())

@@ -14,6 +14,12 @@ severe-item rule runs in `fan_out`, on each item as it arrives: near-duplicates 
 from the alerts index at start) keeps one notification per watchlist + company + rule +
 episode. Ticker alerts of the counting rules go to the default targets and, per watchlist
 that holds the ticker, to that watchlist's channels.
+
+Restarts: the alerter is a static member of its consumer group (`alerter_instance_id`, default
+the host name), so a restarted alerter, even one that was killed, gets its partitions back at
+once rather than after the dead member's session timeout; and its tables recover with
+`GaplessRecovery` (alerts/recovery.py), which keeps Faust from dropping the items that wait in
+the topic while the tables are restored.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,12 +42,14 @@ from finsentry.alerts.digest import send_due_digests
 from finsentry.alerts.email import SmtpConfig
 from finsentry.alerts.episodes import Episodes, recent_watchlist_alerts
 from finsentry.alerts.outbox import Outbox, targets_from_settings, watchlist_targets
+from finsentry.alerts.recovery import GaplessTableManager
 from finsentry.alerts.rules import (
     AlertRules,
     Counts,
     KeyedItem,
     add_sample,
     baseline_buckets,
+    bucket_start,
     decide,
     for_watchlists,
     keyed_items,
@@ -207,6 +216,13 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
         # restart, and replayed alerts are deduplicated by their deterministic ids.
         stream_wait_empty=False,
         autodiscover=False,
+        # Static membership: a restarted alerter rejoins as the same member and gets its
+        # partitions back at once, not after the killed one's session timeout (60 s).
+        consumer_group_instance_id=settings.alerter_instance_id or socket.gethostname(),
+        # Table recovery that does not drop the events waiting at a restart (recovery.py).
+        TableManager=GaplessTableManager,
+        # Keyed entries and table changelogs go out in batches, not a request each.
+        producer_linger_ms=10,
     )
     es = make_async_es_client(settings)
     http = httpx.AsyncClient()
@@ -238,19 +254,43 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
     window = totals.table.window
     assert window is not None
 
-    def counts_for(key: str, ts: float) -> dict[int, Counts]:
-        starts = baseline_buckets(ts, rules) + window_buckets(ts, rules)
-        return {
-            b: Counts(
-                totals.table[(key, window.current(float(b)))],
-                negatives.table[(key, window.current(float(b)))],
-            )
-            for b in starts
-        }
+    # Each key's buckets as this alerter last read or wrote them: counts and score sums per
+    # bucket start. A rule looks at ~135 buckets per entry, far too many for table reads; the
+    # tables stay the record (changelogs, recovery) and these are a cache in front of them.
+    # This agent is the only writer of its partitions' keys, so the cache is exact until the
+    # assignment changes: it is dropped at every rebalance and refilled from the tables.
+    cached_counts: dict[str, dict[int, Counts]] = {}
+    cached_sums: dict[str, dict[int, float]] = {}
 
-    def sums_for(key: str, ts: float) -> dict[int, float]:
+    def window_of(key: str, ts: float) -> tuple[dict[int, Counts], dict[int, float]]:
+        """The key's counts and score sums per bucket, every baseline + window bucket at
+        `ts` present (and older ones dropped)."""
         starts = baseline_buckets(ts, rules) + window_buckets(ts, rules)
-        return {b: scores.table[(key, window.current(float(b)))] for b in starts}
+        counts = cached_counts.setdefault(key, {})
+        sums = cached_sums.setdefault(key, {})
+        if len(counts) > len(starts) + 2:
+            for old in [b for b in counts if b < starts[0]]:
+                del counts[old]
+                sums.pop(old, None)
+        for b in starts:
+            if b not in counts:
+                span = window.current(float(b))
+                counts[b] = Counts(totals.table[(key, span)], negatives.table[(key, span)])
+                sums[b] = scores.table[(key, span)]
+        return counts, sums
+
+    async def forget_buckets(sender: faust.App, *args: Any, **kwargs: Any) -> None:
+        cached_counts.clear()
+        cached_sums.clear()
+
+    # Also once the tables are restored (before the streams resume), so nothing read from a
+    # table while it was being recovered is kept.
+    for signal in (
+        app.on_partitions_revoked,
+        app.on_partitions_assigned,
+        app.on_rebalance_complete,
+    ):
+        signal.connect(forget_buckets)
 
     async def severe(item: ScoredItem, story: str) -> None:
         rule = rules.severe_item
@@ -289,14 +329,20 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
             seen = first_seen.get(key)
             if seen is None or entry.ts < seen:
                 first_seen[key] = seen = entry.ts
-            totals.relative_to(entry.ts)[key] += 1
-            scores.relative_to(entry.ts)[key] += entry.score
+            counts, sums = window_of(key, entry.ts)
+            # Written straight to the bucket (what `relative_to(entry.ts)[key] += ...` does,
+            # without reading the table again): the cache holds the table's value.
+            start = bucket_start(entry.ts, rules.bucket_s)
+            span = window.current(float(start))
+            before = counts[start]
+            counts[start] = now = Counts(before.total + 1, before.negative + int(entry.negative))
+            sums[start] += entry.score
+            totals.table[(key, span)] = now.total
+            scores.table[(key, span)] = sums[start]
             if entry.negative:
-                negatives.relative_to(entry.ts)[key] += 1
+                negatives.table[(key, span)] = now.negative
                 samples[key] = add_sample(samples[key], entry.sample, rules.sample_size)
-            stats = window_stats(
-                entry.key_type, entry.key, entry.ts, counts_for(key, entry.ts), rules, seen
-            )
+            stats = window_stats(entry.key_type, entry.key, entry.ts, counts, rules, seen)
             alert = decide(
                 rules,
                 stats,
@@ -312,8 +358,8 @@ def create_app(settings: Settings, rules: AlertRules) -> Alerter:
                     rules,
                     entry.key,
                     entry.ts,
-                    counts_for(key, entry.ts),
-                    sums_for(key, entry.ts),
+                    counts,
+                    sums,
                     last_alert_at=last_shift.get(key),
                     samples=samples[key],
                 )

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 
 from pydantic import BaseModel, SecretStr
 
-from finsentry.alerts.rules import summary
+from finsentry.alerts.rules import summary, why
 from finsentry.messages import Alert
 from finsentry.settings import Settings
 
@@ -48,33 +48,6 @@ class SmtpConfig(BaseModel):
             tls=settings.smtp_tls,
             timeout_s=settings.smtp_timeout,
         )
-
-
-def why(alert: Alert) -> str:
-    """The numbers that made the rule trip, in words."""
-    minutes = round((alert.window_end - alert.window_start).total_seconds() / 60)
-    if alert.rule == "severe_item" or alert.story_id is not None:
-        item = alert.sample_items[0] if alert.sample_items else {}
-        confidence = float(item.get("sentiment_confidence") or 0.0)
-        return (
-            f"one item is bearish about the company with {confidence:.0%} confidence "
-            f"(threshold {alert.threshold:.0%})"
-        )
-    if alert.mean_score is not None and alert.baseline_score is not None:
-        return (
-            f"mean sentiment score {alert.mean_score:+.2f} over {alert.total} items in the last "
-            f"{minutes} min, against {alert.baseline_score:+.2f} before: a drop of "
-            f"{alert.baseline_score - alert.mean_score:.2f} (limit {alert.threshold:.2f})"
-        )
-    if alert.baseline is None:
-        return (
-            f"{alert.negative} of {alert.total} items ({alert.negative_share:.0%}) bearish in "
-            f"{minutes} min (threshold {alert.threshold:.0%})"
-        )
-    return (
-        f"{alert.negative} bearish items in {minutes} min against a baseline of "
-        f"{alert.baseline:.1f} per window (limit {alert.threshold:.1f})"
-    )
 
 
 def alert_text(alert: Alert) -> str:

@@ -497,9 +497,35 @@ def add_sample(
     return [sample, *rest][:size]
 
 
-def summary(alert: Alert) -> str:
-    """One line a person can act on."""
+def why(alert: Alert) -> str:
+    """The numbers that made the rule trip, in words (summaries, e-mails, digests)."""
     minutes = round((alert.window_end - alert.window_start).total_seconds() / 60)
+    if alert.story_id is not None:
+        item = alert.sample_items[0] if alert.sample_items else {}
+        confidence = float(item.get("sentiment_confidence") or 0.0)
+        return (
+            f"one item is bearish about the company with {confidence:.0%} confidence "
+            f"(threshold {alert.threshold:.0%})"
+        )
+    if alert.mean_score is not None and alert.baseline_score is not None:
+        return (
+            f"mean sentiment score {alert.mean_score:+.2f} over {alert.total} items in the last "
+            f"{minutes} min, against {alert.baseline_score:+.2f} before: a drop of "
+            f"{alert.baseline_score - alert.mean_score:.2f} (limit {alert.threshold:.2f})"
+        )
+    if alert.baseline is None:
+        return (
+            f"{alert.negative} of {alert.total} items ({alert.negative_share:.0%}) bearish in "
+            f"{minutes} min (threshold {alert.threshold:.0%})"
+        )
+    return (
+        f"{alert.negative} bearish items in {minutes} min against a baseline of "
+        f"{alert.baseline:.1f} per window (limit {alert.threshold:.1f})"
+    )
+
+
+def summary(alert: Alert) -> str:
+    """One line a person can act on: who, why in numbers, the item of a severe-item alert."""
     what = f"{alert.key_type} {alert.key}"
     if alert.company:
         what = f"{alert.key} ({alert.company})"
@@ -507,27 +533,8 @@ def summary(alert: Alert) -> str:
         what = f"[{alert.watchlist}] {what}"
     if alert.story_id is not None:
         item = alert.sample_items[0] if alert.sample_items else {}
-        confidence = float(item.get("sentiment_confidence") or 0.0)
-        return (
-            f"{what}: bearish item with {confidence:.0%} confidence (threshold "
-            f"{alert.threshold:.0%}): {item.get('title')!r} ({item.get('source')}) [{alert.rule}]"
-        )
-    if alert.mean_score is not None and alert.baseline_score is not None:
-        return (
-            f"{what}: mean sentiment {alert.mean_score:+.2f} over {alert.total} items in "
-            f"{minutes} min against {alert.baseline_score:+.2f} before, a drop of "
-            f"{alert.baseline_score - alert.mean_score:.2f} (limit {alert.threshold:.2f}) "
-            f"[{alert.rule}]"
-        )
-    if alert.baseline is None:
-        return (
-            f"{what}: {alert.negative_share:.0%} of {alert.total} items bearish in {minutes} min "
-            f"(threshold {alert.threshold:.0%}) [{alert.rule}]"
-        )
-    return (
-        f"{what}: {alert.negative} bearish items in {minutes} min, baseline "
-        f"{alert.baseline:.1f} per window (limit {alert.threshold:.1f}) [{alert.rule}]"
-    )
+        return f"{what}: {why(alert)}: {item.get('title')!r} ({item.get('source')}) [{alert.rule}]"
+    return f"{what}: {why(alert)} [{alert.rule}]"
 
 
 def webhook_body(alert: Alert) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from finsentry.alerts.rules import summary
 from finsentry.messages import Alert
+from finsentry.queries.params import IsoDateTime
 
 _KEYWORD = {"type": "keyword"}
 _DATE = {"type": "date"}
@@ -139,8 +140,8 @@ class AlertFilter(BaseModel):
     watchlist: str | None = Field(None, max_length=64)
     company: str | None = Field(None, max_length=100, description="Ticker or company name.")
     rule: str | None = Field(None, max_length=64)
-    since: datetime | None = Field(None, description="Window ends at or after (ISO 8601).")
-    until: datetime | None = Field(None, description="Window ends before (ISO 8601).")
+    since: IsoDateTime | None = Field(None, description="Window ends at or after (ISO 8601).")
+    until: IsoDateTime | None = Field(None, description="Window ends before (ISO 8601).")
     acknowledged: bool | None = None
     size: int = Field(50, ge=1, le=500)
 

@@ -68,6 +68,9 @@ class StoryTracker:
     def __init__(self, policy: StoryPolicy | None = None) -> None:
         self.policy = policy or StoryPolicy()
         self._lsh = MinHashLSH(threshold=self.policy.threshold, num_perm=self.policy.num_perm)
+        # Made once: drawing the permutations is most of a fresh MinHash's cost.
+        self._empty = MinHash(num_perm=self.policy.num_perm)
+        self._scratch = self._empty.copy()
         self._story: dict[str, str] = {}
         self._order: deque[tuple[float, str]] = deque()
         self._seq: dict[str, int] = {}
@@ -75,7 +78,10 @@ class StoryTracker:
         self._counter = 0
 
     def _minhash(self, text: str) -> MinHash:
-        minhash = MinHash(num_perm=self.policy.num_perm)
+        """The text's MinHash, in one scratch object: the LSH index keeps only the band
+        hashes of what it is given, so a fresh object per text is not needed."""
+        minhash = self._scratch
+        minhash.hashvalues = self._empty.hashvalues.copy()
         minhash.update_batch([s.encode("utf-8") for s in shingles(text, self.policy.shingle_chars)])
         return minhash
 

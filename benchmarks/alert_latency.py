@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +29,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from finsentry.alerts.alerter_process import AlerterProcess
 from finsentry.alerts.rules import AlertRules, DeliveryPolicy, SevereItemRule
 from finsentry.alerts.watchlists import (
     ChannelSpec,
@@ -169,29 +168,17 @@ def main() -> None:
         severe_item=SevereItemRule(min_confidence=0.8),
         delivery=DeliveryPolicy(sweep_interval_s=1.0),
     )
-    work = Path(tempfile.mkdtemp(prefix="alert-latency-"))
-    (work / "rules.json").write_text(rules.model_dump_json())
-    env = {
-        **os.environ,
-        "FINSENTRY_APP_ID": settings.app_id,
-        "FINSENTRY_TOPIC_SCORED": settings.topic_scored,
-        "FINSENTRY_TOPIC_ALERTS": settings.topic_alerts,
-        "FINSENTRY_ALERTS_INDEX": settings.alerts_index,
-        "FINSENTRY_WATCHLISTS_INDEX": settings.watchlists_index,
-        "FINSENTRY_MANAGE_SERVICES": "false",
-        "FINSENTRY_TOPIC_PARTITIONS": "1",
-        "FINSENTRY_ALERT_RULES_FILE": str(work / "rules.json"),
-        "FINSENTRY_WEBHOOK_URLS": "[]",
-        "FINSENTRY_ALERT_CHANNEL_URLS": json.dumps({"bench-hook": hook}),
-    }
-    log = (work / "alerter.log").open("wb")
-    alerter = subprocess.Popen(
-        [sys.executable, "-m", "finsentry", "alerter", "--loglevel", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    child = settings.model_copy(
+        update={
+            "topic_partitions": 1,
+            "webhook_urls": [],
+            "slack_webhook_urls": [],
+            "alert_channel_urls": {"bench-hook": hook},
+        }
     )
+    work = Path(tempfile.mkdtemp(prefix="alert-latency-"))
+    alerter = AlerterProcess(child, rules, work, loglevel="warning")
+    alerter.start()
     producer = KafkaProducer(**options, linger_ms=0)
     rng = random.Random(7)
     try:
@@ -205,7 +192,7 @@ def main() -> None:
         while warm.id not in arrived and time.monotonic() < deadline:
             time.sleep(0.2)
         if warm.id not in arrived:
-            sys.exit(f"the alerter did not answer; see {work / 'alerter.log'}")
+            sys.exit(f"the alerter did not answer; see {alerter.log_path}")
         total = int(args.rate * args.duration)
         start = time.monotonic()
         for n in range(1, total + 1):
@@ -228,8 +215,7 @@ def main() -> None:
         achieved = total / (time.monotonic() - start)
         time.sleep(10)
     finally:
-        os.killpg(alerter.pid, signal.SIGTERM)
-        alerter.wait(timeout=60)
+        alerter.kill(signal.SIGTERM, timeout=60)
         producer.close()
         server.shutdown()
         admin.delete_topics([t for t in admin.list_topics() if tag in t])

@@ -31,7 +31,7 @@ from finsentry.models.artifact import resolve_artifact
 from finsentry.settings import Settings
 
 FORWARDED = ("app_id", "topic_raw", "topic_scored", "topic_dead_letters", "items_index",
-             "dead_letters_index", "max_batch", "max_wait")  # fmt: skip
+             "company_verdicts_index", "dead_letters_index", "max_batch", "max_wait")  # fmt: skip
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
     overrides: dict[str, object] = {
         "app_id": tag, "topic_raw": f"{tag}.raw", "topic_scored": f"{tag}.scored",
         "topic_dead_letters": f"{tag}.dl", "items_index": f"{tag}-items",
-        "dead_letters_index": f"{tag}-dl",
+        "dead_letters_index": f"{tag}-dl", "company_verdicts_index": f"{tag}-verdicts",
     }  # fmt: skip
     if args.max_batch:
         overrides["max_batch"] = args.max_batch
@@ -141,7 +141,11 @@ def main() -> None:
     )
     console.print(table)
     console.print(f"mean latency {statistics.mean(latencies):.2f}s; worker log {log}")
-    for index in (settings.items_index, settings.dead_letters_index):
+    for index in (
+        settings.items_index,
+        settings.dead_letters_index,
+        settings.company_verdicts_index,
+    ):
         es.options(ignore_status=404).indices.delete(index=index)
 
 

@@ -41,7 +41,8 @@ def main() -> None:
 
     base = Settings()
     tag = f"firstrun{uuid.uuid4().hex[:8]}"
-    models = args.keep or Path(tempfile.mkdtemp(prefix="finsentry-first-run-")) / "models"
+    scratch = Path(tempfile.mkdtemp(prefix="finsentry-first-run-"))
+    models = args.keep or scratch / "models"
     env = {
         **os.environ,
         "FINSENTRY_APP_ID": tag,
@@ -53,6 +54,8 @@ def main() -> None:
         "FINSENTRY_ALERTS_INDEX": f"{tag}-alerts",
         "FINSENTRY_DEAD_LETTERS_INDEX": f"{tag}-dl",
         "FINSENTRY_MODELS_DIR": str(models),
+        "FINSENTRY_STATE_DIR": str(scratch / "state"),  # logs, consumer state
+        "FINSENTRY_MANAGE_SERVICES": "false",  # up already; their pid files are not in there
         "FINSENTRY_METRICS_PORT": "0",
     }
     es = make_es_client(base)
@@ -84,15 +87,21 @@ def main() -> None:
                 marks[f"training {status.phase}: {status.message}"] = now
                 break
             time.sleep(0.5)
+        if run.poll() is not None:
+            marks[f"finsentry run exited by itself, code {run.returncode}"] = (
+                time.monotonic() - started
+            )
     finally:
         run.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
         try:
             run.wait(timeout=60)
+            marks["exited after Ctrl-C (from the Ctrl-C)"] = time.monotonic() - interrupted
         except subprocess.TimeoutExpired:
-            run.kill()
+            run.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
         for name in (index, env["FINSENTRY_ALERTS_INDEX"], env["FINSENTRY_DEAD_LETTERS_INDEX"]):
             es.options(ignore_status=404).indices.delete(index=name)
-    table = Table(title=f"first run from an empty models folder ({models})")
+    table = Table(title=f"first run from an empty models folder ({models}; logs in {scratch})")
     table.add_column("milestone")
     table.add_column("seconds after `finsentry run`", justify="right")
     table.add_column("minutes", justify="right")

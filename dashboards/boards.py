@@ -18,10 +18,13 @@ from finsentry.dashboards.config import (
     ALERTS_UID,
     DEAD_LETTERS_DS_UID,
     DEAD_LETTERS_TIME_FIELD,
+    DRIFT_DS_UID,
+    DRIFT_TIME_FIELD,
     ITEMS_DS_UID,
     ITEMS_TIME_FIELD,
     MARKET_UID,
     PIPELINE_UID,
+    VERDICTS_DS_UID,
     GrafanaConfig,
 )
 from finsentry.dashboards.queries import (
@@ -38,13 +41,19 @@ from finsentry.dashboards.queries import (
     terms,
     to_plain,
 )
+from finsentry.drift.measure import MEASURES
+from finsentry.settings import Settings
 
 TICKER_VAR = "ticker"
 # With "All" selected the variable becomes `*`, so `tickers:$ticker` matches every item that
 # has a ticker; a selection becomes ("AAPL" OR "MSFT").
 TICKER_FILTER = f"tickers:${TICKER_VAR}"
-NEGATIVE_ITEMS = f"sentiment:bearish AND {TICKER_FILTER}"
-BULLISH_ITEMS = f"sentiment:bullish AND {TICKER_FILTER}"
+# Per-ticker panels read the per-company verdicts (index/company_verdicts.py): one document
+# per company of an item with that company's own sentiment, so "Macy's up, Palo Alto down"
+# counts bullish for M and bearish for PANW.
+VERDICT_FILTER = f"ticker:${TICKER_VAR}"
+BEARISH_VERDICTS = f"sentiment:bearish AND {VERDICT_FILTER}"
+BULLISH_VERDICTS = f"sentiment:bullish AND {VERDICT_FILTER}"
 SENTIMENT_COLORS = {"bearish": "red", "neutral": "yellow", "bullish": "green"}
 
 
@@ -86,6 +95,46 @@ def _items(ref: str, query: str, metrics: list[Any], buckets: list[Any]) -> Any:
         query=query,
         metrics=metrics,
         buckets=buckets,
+    )
+
+
+def _verdicts(ref: str, query: str, metrics: list[Any], buckets: list[Any]) -> Any:
+    return target(
+        ref,
+        datasource=VERDICTS_DS_UID,
+        time_field=ITEMS_TIME_FIELD,
+        query=query,
+        metrics=metrics,
+        buckets=buckets,
+    )
+
+
+def _net_sentiment(title: str, description: str, grid: dm.GridPos) -> timeseries.Panel:
+    """(bullish - bearish) / total per interval over the chosen tickers' own verdicts;
+    a server-side expression over hidden count queries."""
+    per_interval = [histogram("2", ITEMS_TIME_FIELD)]
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(ds_ref(VERDICTS_DS_UID))
+        .targets(
+            [
+                _verdicts("A", BULLISH_VERDICTS, [count("1")], per_interval).hide(True),
+                _verdicts("B", BEARISH_VERDICTS, [count("1")], per_interval).hide(True),
+                _verdicts("C", VERDICT_FILTER, [count("1")], per_interval).hide(True),
+                math("D", "($A - $B) / $C"),
+            ]
+        )
+        .display_name("net sentiment")
+        .min(-1)
+        .max(1)
+        .decimals(2)
+        .line_width(2)
+        .span_nulls(True)
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(grid)
     )
 
 
@@ -153,13 +202,16 @@ ALERT_ANNOTATION_FIELDS: dict[str, Any] = {
 def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     by_sentiment = (
         timeseries.Panel()
-        .title("Items by sentiment")
-        .description("Scored items per interval, stacked by sentiment label.")
-        .datasource(ds_ref(ITEMS_DS_UID))
+        .title("Verdicts by sentiment")
+        .description(
+            "Per-company verdicts per interval, stacked by sentiment: an item that names two "
+            "companies counts once for each, with that company's own sentiment."
+        )
+        .datasource(ds_ref(VERDICTS_DS_UID))
         .with_target(
-            _items(
+            _verdicts(
                 "A",
-                TICKER_FILTER,
+                VERDICT_FILTER,
                 [count("1")],
                 [
                     terms("2", "sentiment", size=3, order_by="_key", order=TermsOrder.ASC),
@@ -177,55 +229,32 @@ def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     for label, color in SENTIMENT_COLORS.items():
         by_sentiment = by_sentiment.override_by_name(*_fixed_color(label, color))
 
-    # Ratios are server-side expressions over hidden count queries.
-    net_index = (
-        timeseries.Panel()
-        .title("Net sentiment index")
-        .description("(bullish - bearish) / total per interval, from -1 to 1.")
-        .datasource(ds_ref(ITEMS_DS_UID))
-        .targets(
-            [
-                _items("A", BULLISH_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
-                    True
-                ),
-                _items("B", NEGATIVE_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
-                    True
-                ),
-                _items("C", TICKER_FILTER, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
-                    True
-                ),
-                math("D", "($A - $B) / $C"),
-            ]
-        )
-        .display_name("net sentiment")
-        .min(-1)
-        .max(1)
-        .decimals(2)
-        .line_width(2)
-        .span_nulls(True)
-        .legend(_legend())
-        .tooltip(_tooltip())
-        .grid_pos(_grid(9, 12, 12, 0))
+    net_index = _net_sentiment(
+        "Net sentiment index",
+        "(bullish - bearish) / total of the companies' own verdicts per interval, -1 to 1.",
+        _grid(9, 12, 12, 0),
     )
 
-    per_ticker = [terms("2", "tickers", size=20), histogram("3", ITEMS_TIME_FIELD)]
+    per_ticker = [terms("2", "ticker", size=20), histogram("3", ITEMS_TIME_FIELD)]
     share_rules = [r for r in cfg.rules.rules if isinstance(r, NegativeShareRule)]
     share_alert = share_rules[0].threshold if share_rules else 0.6
     negative_share = (
         bargauge.Panel()
         .title("Negative share by ticker")
-        .description("Share of bearish items per ticker (the 20 busiest tickers with any).")
-        .datasource(ds_ref(ITEMS_DS_UID))
+        .description(
+            "Share of each ticker's verdicts that are bearish (the 20 busiest tickers with any)."
+        )
+        .datasource(ds_ref(VERDICTS_DS_UID))
         .targets(
             [
-                _items("A", NEGATIVE_ITEMS, [count("1")], per_ticker).hide(True),
-                _items("B", TICKER_FILTER, [count("1")], per_ticker).hide(True),
+                _verdicts("A", BEARISH_VERDICTS, [count("1")], per_ticker).hide(True),
+                _verdicts("B", VERDICT_FILTER, [count("1")], per_ticker).hide(True),
                 reduce_sum("C", "A").hide(True),
                 reduce_sum("D", "B").hide(True),
                 math("E", "$C / $D"),
             ]
         )
-        .display_name("${__field.labels.tickers}")
+        .display_name("${__field.labels.ticker}")
         .unit("percentunit")
         .min(0)
         .max(1)
@@ -262,20 +291,19 @@ def market_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     newest_negative = (
         table.Panel()
         .show_header(True)
-        .title("Newest negative items")
-        .description("The 50 newest bearish items; click a title to open the item.")
-        .datasource(ds_ref(ITEMS_DS_UID))
-        .with_target(_items("A", NEGATIVE_ITEMS, [raw_data("1", 50)], []))
+        .title("Newest bearish verdicts")
+        .description(
+            "The 50 newest items with a bearish verdict about a company, one row per company; "
+            "click a title to open the item."
+        )
+        .datasource(ds_ref(VERDICTS_DS_UID))
+        .with_target(_verdicts("A", BEARISH_VERDICTS, [raw_data("1", 50)], []))
         .with_transformation(
-            _organize(
-                [ITEMS_TIME_FIELD, "tickers", "title", "source", "sentiment_confidence", "url"]
-            )
+            _organize([ITEMS_TIME_FIELD, "ticker", "title", "source", "confidence", "url"])
         )
         .override_by_name("title", [dm.DynamicConfigValue(id_val="links", value=[link])])
         .override_by_name("url", [dm.DynamicConfigValue(id_val="custom.hidden", value=True)])
-        .override_by_name(
-            "sentiment_confidence", [dm.DynamicConfigValue(id_val="unit", value="percentunit")]
-        )
+        .override_by_name("confidence", [dm.DynamicConfigValue(id_val="unit", value="percentunit")])
         .grid_pos(_grid(12, 24, 0, 19))
     )
 
@@ -434,7 +462,41 @@ def pipeline_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
     )
     for panel in source_health_panels(y=24):
         board = board.with_panel(panel)
+    board = board.with_panel(drift_panel(y=32))
     return to_plain(board.build())
+
+
+def drift_panel(y: int) -> Any:
+    """The drift watcher's hourly population stability index per measure (drift/), with
+    the default threshold (FINSENTRY_DRIFT_THRESHOLD) as a line."""
+    threshold = float(Settings.model_fields["drift_threshold"].default)
+    metrics = [max_(str(i), f"psi_{m}") for i, m in enumerate(MEASURES, start=1)]
+    query = target(
+        "A",
+        datasource=DRIFT_DS_UID,
+        time_field=DRIFT_TIME_FIELD,
+        query="*",
+        metrics=metrics,
+        buckets=[histogram(str(len(metrics) + 1), DRIFT_TIME_FIELD, "1h")],
+    )
+    return (
+        timeseries.Panel()
+        .title("Drift vs training data (PSI per hour)")
+        .description(
+            "Population stability index of each hour's predicted sentiment and topic mix, "
+            "confidence, text length and unknown-word share against the live model's "
+            "training data (`finsentry drift`). 0.1-0.25: moderate; above the line: drifted."
+        )
+        .datasource(ds_ref(DRIFT_DS_UID))
+        .with_target(query)
+        .thresholds(dashboard_thresholds([(None, "green"), (threshold, "red")]))
+        .thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(cm.GraphTresholdsStyleMode.DASHED)
+        )
+        .legend(_legend())
+        .tooltip(_tooltip())
+        .grid_pos(_grid(8, 24, 0, y))
+    )
 
 
 def source_health_panels(y: int) -> list[Any]:
@@ -601,35 +663,11 @@ def alerts_dashboard(cfg: GrafanaConfig) -> dict[str, Any]:
         )
         .grid_pos(_grid(10, 24, 0, 8))
     )
-    sentiment = (
-        timeseries.Panel()
-        .title("Net sentiment of alerted companies")
-        .description(
-            "(bullish - bearish) / total per interval per ticker, with the watchlist alerts as "
-            "annotations. Pick tickers with the Market sentiment board for per-company detail."
-        )
-        .datasource(ds_ref(ITEMS_DS_UID))
-        .targets(
-            [
-                _items("A", BULLISH_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
-                    True
-                ),
-                _items("B", NEGATIVE_ITEMS, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
-                    True
-                ),
-                _items("C", TICKER_FILTER, [count("1")], [histogram("2", ITEMS_TIME_FIELD)]).hide(
-                    True
-                ),
-                math("D", "($A - $B) / $C"),
-            ]
-        )
-        .display_name("net sentiment")
-        .min(-1)
-        .max(1)
-        .span_nulls(True)
-        .legend(_legend())
-        .tooltip(_tooltip())
-        .grid_pos(_grid(9, 24, 0, 18))
+    sentiment = _net_sentiment(
+        "Net sentiment of alerted companies",
+        "(bullish - bearish) / total of the chosen tickers' own verdicts per interval, with "
+        "the watchlist alerts as annotations.",
+        _grid(9, 24, 0, 18),
     )
     board = (
         db.Dashboard("Alerts")

@@ -94,10 +94,19 @@ def alerter(
 
     from finsentry.alerts.app import create_app
     from finsentry.alerts.rules import load_rules
+    from finsentry.services.kafka_login import KafkaLoginError, verify_kafka_login
 
     settings: Settings = ctx.obj
+    try:
+        verify_kafka_login(settings)
+    except KafkaLoginError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     alerter_app = create_app(settings, load_rules(rules_file or settings.alert_rules_file))
     worker = Worker(alerter_app.app, loglevel=loglevel)
+    # No startup spinner: Faust would set the root logger to DEBUG for it, and every debug
+    # record of aiokafka and Faust would then be built (and dropped) at full event rate.
+    worker.spinner = None
     # Per-request logs are noise, and httpx's would carry webhook URLs (secrets).
     for name in ("httpx", "httpcore", "elastic_transport", "elasticsearch"):
         logging.getLogger(name).setLevel(logging.WARNING)

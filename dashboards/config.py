@@ -12,12 +12,15 @@ FOLDER_UID = "finsentry"
 FOLDER_TITLE = "finsentry"
 
 ITEMS_DS_UID = "finsentry-items"
+VERDICTS_DS_UID = "finsentry-company-verdicts"
 ALERTS_DS_UID = "finsentry-alerts"
 DEAD_LETTERS_DS_UID = "finsentry-dead-letters"
+DRIFT_DS_UID = "finsentry-drift"
 
 ITEMS_TIME_FIELD = "scored_at"
 ALERTS_TIME_FIELD = "window_end"
 DEAD_LETTERS_TIME_FIELD = "failed_at"
+DRIFT_TIME_FIELD = "hour"
 
 MARKET_UID = "finsentry-market"
 PIPELINE_UID = "finsentry-pipeline"
@@ -46,8 +49,10 @@ class GrafanaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items_index: str = Field(default_factory=lambda: _default("items_index"))
+    company_verdicts_index: str = Field(default_factory=lambda: _default("company_verdicts_index"))
     alerts_index: str = Field(default_factory=lambda: _default("alerts_index"))
     dead_letters_index: str = Field(default_factory=lambda: _default("dead_letters_index"))
+    drift_index: str = Field(default_factory=lambda: _default("drift_index"))
     es_url: str = Field(
         "http://elasticsearch:9200", description="Elasticsearch as Grafana sees it."
     )
@@ -61,8 +66,10 @@ class GrafanaConfig(BaseModel):
         extra = {"es_url": es_url} if es_url else {}
         return cls(
             items_index=settings.items_index,
+            company_verdicts_index=settings.company_verdicts_index,
             alerts_index=settings.alerts_index,
             dead_letters_index=settings.dead_letters_index,
+            drift_index=settings.drift_index,
             es_version=settings.elasticsearch_version,
             rules=rules,
             **extra,

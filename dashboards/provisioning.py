@@ -23,6 +23,8 @@ from finsentry.dashboards.config import (
     ALERTS_TIME_FIELD,
     DEAD_LETTERS_DS_UID,
     DEAD_LETTERS_TIME_FIELD,
+    DRIFT_DS_UID,
+    DRIFT_TIME_FIELD,
     ES_PASSWORD_ENV,
     ES_TYPE,
     ES_USER_ENV,
@@ -31,6 +33,7 @@ from finsentry.dashboards.config import (
     ITEMS_DS_UID,
     ITEMS_TIME_FIELD,
     PROVISIONING_MOUNT,
+    VERDICTS_DS_UID,
     GrafanaConfig,
 )
 
@@ -68,7 +71,8 @@ def _datasource(
 
 
 def datasources(cfg: GrafanaConfig) -> list[dict[str, Any]]:
-    """Items (default), alerts (annotations) and dead letters, all on Elasticsearch."""
+    """Items (default), per-company verdicts, alerts (annotations) and dead letters, all on
+    Elasticsearch."""
     return [
         _datasource(
             cfg,
@@ -77,6 +81,14 @@ def datasources(cfg: GrafanaConfig) -> list[dict[str, Any]]:
             index=cfg.items_index,
             time_field=ITEMS_TIME_FIELD,
             default=True,
+        ),
+        _datasource(
+            cfg,
+            uid=VERDICTS_DS_UID,
+            name="finsentry company verdicts",
+            index=cfg.company_verdicts_index,
+            time_field=ITEMS_TIME_FIELD,
+            default=False,
         ),
         _datasource(
             cfg,
@@ -92,6 +104,14 @@ def datasources(cfg: GrafanaConfig) -> list[dict[str, Any]]:
             name="finsentry dead letters",
             index=cfg.dead_letters_index,
             time_field=DEAD_LETTERS_TIME_FIELD,
+            default=False,
+        ),
+        _datasource(
+            cfg,
+            uid=DRIFT_DS_UID,
+            name="finsentry drift",
+            index=cfg.drift_index,
+            time_field=DRIFT_TIME_FIELD,
             default=False,
         ),
     ]

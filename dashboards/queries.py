@@ -76,6 +76,10 @@ def avg(id_: str, field: str) -> es.Average:
     return es.Average().id(id_).field(field)
 
 
+def sum_(id_: str, field: str) -> es.Sum:
+    return es.Sum().id(id_).field(field)
+
+
 def max_(id_: str, field: str) -> es.Max:
     return es.Max().id(id_).field(field)
 

@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaProducer
 
+from finsentry.services.kafka_login import verify_kafka_login
 from finsentry.settings import Settings
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
+    """A producer for the raw topic; KafkaLoginError at once if the broker refuses the
+    configured credentials or CA (instead of a minute's "Unable to bootstrap")."""
+    verify_kafka_login(settings)
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         acks="all",

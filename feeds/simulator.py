@@ -701,6 +701,7 @@ def simulate_to_kafka(
     progress: bool | None = None,
     stop_event: threading.Event | None = None,
     simulator: MarketSimulator | None = None,
+    burst_tickers: Sequence[str] | None = None,
 ) -> SimulationStats:
     """Send simulated items to `settings.topic_raw` (UTF-8 JSON, key = id) at `rate` items/s.
 
@@ -708,9 +709,12 @@ def simulate_to_kafka(
     then flushes (acks=all) and returns what happened; delivery failures are counted in
     `failed`, not raised. `seed` None picks a random one (reported in the stats). `progress`
     None shows a progress bar when stderr is a terminal. `published_at` is the wall clock.
+    `burst_tickers` are the companies the negative bursts hit (default: the simulator's).
     """
     from kafka import KafkaProducer
     from tqdm import tqdm
+
+    from finsentry.services.kafka_login import verify_kafka_login
 
     if rate <= 0:
         raise ValueError("rate must be > 0 items/s (math.inf for unpaced)")
@@ -718,7 +722,10 @@ def simulate_to_kafka(
         seed = random.SystemRandom().randrange(2**31)
     if simulator is None:
         simulator = MarketSimulator(
-            load_companies(settings.company_files), seed=seed, clock=lambda: datetime.now(UTC)
+            load_companies(settings.company_files),
+            seed=seed,
+            clock=lambda: datetime.now(UTC),
+            burst_tickers=burst_tickers,
         )
     stop = stop_event or threading.Event()
     show = sys.stderr.isatty() if progress is None else progress
@@ -727,6 +734,7 @@ def simulate_to_kafka(
     def on_error(exc: BaseException) -> None:
         failures.append(exc)
 
+    verify_kafka_login(settings)  # a refused login fails now, not after a minute
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         **settings.kafka_client_options(),

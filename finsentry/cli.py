@@ -6,6 +6,8 @@ import typer
 
 from finsentry.alerts import cli as alerts_cli
 from finsentry.dashboards import cli as dashboards_cli
+from finsentry.drift import cli as drift_cli
+from finsentry.feedback import cli as feedback_cli
 from finsentry.models import cli as models_cli
 from finsentry.queries import cli as queries_cli
 from finsentry.services import cli as services_cli
@@ -36,5 +38,7 @@ for stage in (
     queries_cli,
     dashboards_cli,
     alerts_cli,
+    feedback_cli,
+    drift_cli,
 ):
     stage.register(app)

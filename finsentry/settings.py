@@ -18,6 +18,11 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 _DEFAULT_DATA_DIR = _REPO_ROOT / "data"
 
 
+def local_kafka_ca_file(state_dir: Path) -> Path:
+    """The CA certificate `finsentry services up` makes for a SASL_SSL local broker."""
+    return state_dir / "kafka" / "tls" / "ca.crt"
+
+
 def default_company_files(data_dir: Path) -> list[Path]:
     companies = data_dir / "companies"
     names = ("sp500_constituents.csv", "nasdaq-listed.csv", "nyse-listed.csv", "aliases.csv")
@@ -53,7 +58,14 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA for SSL/SASL_SSL; unset with local services: the local broker's."
+    )
+    kafka_session_timeout: float = Field(
+        60.0,
+        ge=6.0,
+        description="Seconds before a silent worker's partitions go to the others in its group.",
+    )
     topic_raw: str = "finsentry.raw"
     topic_scored: str = "finsentry.scored"
     topic_dead_letters: str = "finsentry.dead-letters"
@@ -90,6 +102,11 @@ class Settings(BaseSettings):
     es_retry_on_timeout: bool = True
     es_max_retries: int = Field(3, ge=0)
     items_index: str = "finsentry-items"
+    company_verdicts_index: str = Field(
+        "finsentry-company-verdicts",
+        description="One document per company of a scored item, with its own verdict "
+        "(flat, for Grafana's per-ticker panels and rules).",
+    )
     alerts_index: str = "finsentry-alerts"
 
     # --- models -----------------------------------------------------------------------
@@ -114,6 +131,9 @@ class Settings(BaseSettings):
     )
     rescore_nice: int = Field(
         10, ge=0, le=19, description="CPU niceness of a rescore, so live scoring comes first."
+    )
+    run_stop_grace: float = Field(
+        20.0, gt=0, description="Seconds `finsentry run`'s children get to stop, then killed."
     )
 
     # --- alerts, dashboards, API ------------------------------------------------------
@@ -176,6 +196,47 @@ class Settings(BaseSettings):
     digest_at: str | None = Field(
         "20:30", description="UTC HH:MM of the daily watchlist digest e-mail; empty = off."
     )
+    alerter_instance_id: str | None = Field(
+        None,
+        description="Kafka static group membership id of this alerter, unique among the "
+        "alerters of one app id (default: the host name); a restarted alerter takes its "
+        "partitions back at once instead of after the session timeout.",
+    )
+
+    # --- analyst feedback, re-training, drift watch (feedback/, training/retrain.py, drift/)
+    feedback_index: str = Field("finsentry-feedback", description="Analysts' labels.")
+    api_analyst_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Analyst name -> bearer token (JSON); labels are stored under the name.",
+    )
+    retrain_feedback_weight: int = Field(
+        5, ge=1, le=100, description="Copies of each feedback example in re-training."
+    )
+    retrain_holdout: float = Field(
+        0.2, ge=0, lt=1, description="Share of the labelled items held out from re-training."
+    )
+    retrain_tolerance: float = Field(
+        0.0, ge=0, le=0.2, description="How far below the live model a candidate may score."
+    )
+    retrain_every_hours: float = Field(
+        0.0, ge=0, description="`finsentry run` re-trains this often (hours); 0 = never."
+    )
+    retrain_min_feedback: int = Field(
+        20, ge=0, description="Scheduled re-training waits for this many new labels."
+    )
+    drift_index: str = Field("finsentry-drift", description="Hourly drift rows.")
+    drift_reference: Path | None = Field(
+        None, description="A drift reference JSON; default: built from the live model."
+    )
+    drift_threshold: float = Field(
+        0.25, gt=0, description="Population stability index at which an hour has drifted."
+    )
+    drift_min_items: int = Field(50, ge=1, description="Fewer items in an hour: no verdict.")
+    drift_sample: int = Field(2000, ge=10, le=10_000, description="Items read per hour.")
+    drift_interval: float = Field(300.0, gt=0, description="Seconds between drift updates.")
+    drift_metrics_port: int = Field(
+        9103, ge=0, le=65535, description="The drift watcher's Prometheus endpoint; 0 = off."
+    )
 
     @field_validator("alert_channel_urls", mode="before")
     @classmethod
@@ -195,6 +256,14 @@ class Settings(BaseSettings):
     def _waits_in_order(self) -> Self:
         if self.min_wait > self.max_wait:
             raise ValueError("FINSENTRY_MIN_WAIT must not be above FINSENTRY_MAX_WAIT")
+        return self
+
+    @model_validator(mode="after")
+    def _local_kafka_ca(self) -> Self:
+        """Clients of the local SASL_SSL broker trust the CA it made (services/kafka.py)."""
+        tls = "SSL" in self.kafka_security_protocol.upper()
+        if self.manage_services and tls and self.kafka_ssl_cafile is None:
+            self.kafka_ssl_cafile = local_kafka_ca_file(self.state_dir)
         return self
 
     def kafka_client_options(self) -> dict[str, object]:

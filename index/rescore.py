@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from finsentry.index.company_verdicts import RESCORE_SOURCE_FIELDS, rescored_verdict_docs
 from finsentry.messages import CompanyMention, ItemScores, NewsItem
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ RESCORE_MAPPING: dict[str, Any] = {
     "rescored_at": {"type": "date"},
     "previous_model_version": {"type": "keyword"},
 }
-_SOURCE = ["id", "title", "text", "tickers", "companies", "model_version"]
+_SOURCE = sorted(
+    {"id", "title", "text", "tickers", "companies", "model_version", *RESCORE_SOURCE_FIELDS}
+)
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -244,22 +247,39 @@ def score_hits(scorer: Scorer, hits: Sequence[Mapping[str, Any]]) -> list[ItemSc
     return list(scorer.score(texts))
 
 
-def _write(es: Elasticsearch, actions: list[dict[str, Any]]) -> tuple[int, int]:
-    """(updated, conflicts); anything else Elasticsearch refuses stops the rescore (the
-    checkpoint is not advanced, so a rerun retries the page)."""
+def _write(es: Elasticsearch, actions: list[dict[str, Any]]) -> tuple[int, set[str]]:
+    """(updated, ids of the conflicts); anything else Elasticsearch refuses stops the rescore
+    (the checkpoint is not advanced, so a rerun retries the page)."""
     from elasticsearch import helpers
 
     updated, errors = helpers.bulk(
         es, actions, raise_on_error=False, max_retries=8, initial_backoff=1, max_backoff=30
     )
-    conflicts = 0
+    conflicts: set[str] = set()
     for error in errors:  # type: ignore[union-attr]
         detail = next(iter(error.values()))
         if detail.get("status") == 409:
-            conflicts += 1
+            conflicts.add(detail["_id"])
         else:
             raise RescoreError(f"Elasticsearch refused an update: {detail}")
     return int(updated), conflicts
+
+
+def verdict_actions(
+    index: str,
+    hits: Sequence[Mapping[str, Any]],
+    scores: Sequence[ItemScores],
+    target_version: str,
+    skip: set[str],
+) -> list[dict[str, Any]]:
+    """The flat per-company documents of the re-scored items (not of those in `skip`: the
+    worker re-wrote them, verdicts included)."""
+    return [
+        {"_op_type": "index", "_index": index, "_id": doc_id, "_source": doc}
+        for hit, score in zip(hits, scores, strict=True)
+        if hit["_id"] not in skip
+        for doc_id, doc in rescored_verdict_docs(hit["_source"], score, target_version).items()
+    ]
 
 
 def rescore(
@@ -272,10 +292,12 @@ def rescore(
     max_rate: float = 0.0,
     progress: bool = False,
     stop: threading.Event | None = None,
+    verdicts_index: str | None = None,
 ) -> RescoreResult:
     """Re-score the selection with `scorer`, resuming from `checkpoint_path` if it holds a
     checkpoint of the same selection and target model. Returns when the selection is done
-    (the checkpoint is then removed) or `stop` is set (it is kept)."""
+    (the checkpoint is then removed) or `stop` is set (it is kept). With `verdicts_index`,
+    the items' flat per-company verdicts (index/company_verdicts.py) are rewritten too."""
     from tqdm.auto import tqdm
 
     target = scorer.version
@@ -324,9 +346,12 @@ def rescore(
                 finished = True
                 break
             scores = score_hits(scorer, hits)
-            updated, conflicts = _write(
+            updated, conflicted = _write(
                 es, update_actions(query.index, hits, scores, target, datetime.now(UTC))
             )
+            conflicts = len(conflicted)
+            if verdicts_index is not None:
+                _write(es, verdict_actions(verdicts_index, hits, scores, target, conflicted))
             run_updated += updated
             run_conflicts += conflicts
             checkpoint = checkpoint.model_copy(

@@ -1,4 +1,5 @@
-"""The items index: explicit mappings in a composable index template, applied at start-up."""
+"""The indices (items, per-company verdicts, dead letters): explicit mappings in composable
+index templates, applied at start-up."""
 
 from __future__ import annotations
 
@@ -75,6 +76,29 @@ ITEM_MAPPINGS: dict[str, Any] = {
 }
 
 
+# index/company_verdicts.py: one flat document per (item, company), for Grafana.
+COMPANY_VERDICT_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "item_id": _KEYWORD,
+        "ticker": _KEYWORD,
+        "name": _KEYWORD,
+        "sentiment": _KEYWORD,
+        "confidence": _FLOAT,
+        "score": _FLOAT,
+        "verdict_from": _KEYWORD,
+        "item_sentiment": _KEYWORD,
+        "topic": _KEYWORD,
+        "title": _text_with_keyword(512),
+        "source": _KEYWORD,
+        "url": {"type": "keyword", "index": False},
+        "published_at": _DATE,
+        "scored_at": _DATE,
+        "model_version": _KEYWORD,
+    },
+}
+
+
 DEAD_LETTER_MAPPINGS: dict[str, Any] = {
     "dynamic": "strict",
     "properties": {
@@ -115,8 +139,26 @@ def _apply(es: Elasticsearch, index: str, body: dict[str, Any]) -> None:
         es.options(ignore_status=400).indices.create(index=index)
 
 
+def ensure_index(es: Elasticsearch, index: str, mappings: dict[str, Any]) -> None:
+    """Create a one-shard index with `mappings` when it is missing (safe at every start, and
+    when several processes start at once)."""
+    if es.indices.exists(index=index):
+        return
+    es.options(ignore_status=400).indices.create(
+        index=index,
+        settings={"number_of_shards": 1, "number_of_replicas": 0},
+        mappings=mappings,
+    )
+    if not es.indices.exists(index=index):
+        raise RuntimeError(f"could not create the index {index}")
+
+
 def apply_items_template(es: Elasticsearch, index: str) -> None:
     _apply(es, index, items_template(index))
+
+
+def apply_company_verdicts_template(es: Elasticsearch, index: str) -> None:
+    _apply(es, index, _template(index, COMPANY_VERDICT_MAPPINGS, 1, 0))
 
 
 def apply_dead_letters_template(es: Elasticsearch, index: str) -> None:

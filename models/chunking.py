@@ -7,9 +7,11 @@ words) and `aggregate`: topic probabilities length-weighted over all chunks; sen
 length-weighted over the chunks that take a side (bearish or bullish), over all when none
 does, so that 40 neutral paragraphs do not outvote the one that carries the news; the most
 negative chunk as evidence; per company, the same over only the chunks that mention it.
-`ChunkingScorer` wraps any `Scorer`: texts that fit pass straight through (one token count
-is the only extra cost) and all chunks of all long texts of a batch are scored in one inner
-call.
+`ChunkingScorer` wraps any `Scorer`. With a scorer that has `score_fitting` (an
+`ArtifactScorer`), the batch is tokenised once: the texts that fit the window are scored
+straight away and only those the window would cut are chunked (and their chunks scored in
+one more call). Other scorers get a token count first; texts that fit then pass straight
+through and all chunks of all long texts of a batch share the one inner call.
 """
 
 from __future__ import annotations
@@ -301,15 +303,49 @@ class ChunkingScorer:
     def score(
         self, texts: list[str], companies: list[list[CompanyMention]] | None = None
     ) -> list[ItemScores]:
+        fitting = getattr(self.inner, "score_fitting", None)
+        if callable(fitting):
+            return self._score_once(fitting, texts, companies)
         lengths = self.count(texts) if texts else []
         if all(n <= self.max_tokens for n in lengths):
             return self._inner(texts, companies)
+        return self._chunked(texts, companies, [n > self.max_tokens for n in lengths])
+
+    def _score_once(
+        self,
+        fitting: Callable[..., list[ItemScores | None]],
+        texts: list[str],
+        companies: list[list[CompanyMention]] | None,
+    ) -> list[ItemScores]:
+        """The texts that fit, from the inner scorer's one tokenisation; then the chunks of
+        those it left out (the window would cut them)."""
+        first = fitting(texts) if companies is None else fitting(texts, companies)
+        long = [i for i, scores in enumerate(first) if scores is None]
+        if not long:
+            return [s for s in first if s is not None]
+        rest = self._chunked(
+            [texts[i] for i in long],
+            [companies[i] for i in long] if companies is not None else None,
+            [True] * len(long),
+        )
+        out = list(first)
+        for i, scores in zip(long, rest, strict=True):
+            out[i] = scores
+        return [s for s in out if s is not None]
+
+    def _chunked(
+        self,
+        texts: list[str],
+        companies: list[list[CompanyMention]] | None,
+        too_long: list[bool],
+    ) -> list[ItemScores]:
+        """Texts `too_long` cut into chunks, all scored in one inner call with the rest."""
         plans: list[list[Chunk] | None] = []
         batch: list[str] = []
         batch_companies: list[list[CompanyMention]] = []
-        for i, (text, n) in enumerate(zip(texts, lengths, strict=True)):
+        for i, (text, long) in enumerate(zip(texts, too_long, strict=True)):
             mine = companies[i] if companies is not None else []
-            chunks = chunk_text(text, self.max_tokens, self.count) if n > self.max_tokens else []
+            chunks = chunk_text(text, self.max_tokens, self.count) if long else []
             if len(chunks) > 1:
                 plans.append(chunks)
                 batch.extend(c.text for c in chunks)

@@ -187,6 +187,7 @@ def rescore_command(
             batch=batch or settings.rescore_batch,
             max_rate=settings.rescore_max_rate if max_rate is None else max_rate,
             progress=progress,
+            verdicts_index=settings.company_verdicts_index,
         )
     finally:
         es.close()

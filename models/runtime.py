@@ -35,7 +35,9 @@ class _Group(Protocol):
     has_entity: bool
     tokenizer: Any
 
-    def encode(self, texts: list[str], companies: Companies) -> Any: ...
+    def encode(
+        self, texts: list[str], companies: Companies, drop_truncated: bool = False
+    ) -> tuple[Any, np.ndarray]: ...
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]: ...
 
@@ -60,6 +62,48 @@ def entity_inputs(encoded: Any, companies: Companies) -> tuple[np.ndarray, np.nd
     offsets = np.asarray(encoded.pop("offset_mapping"))
     width = offsets.shape[1]
     return entity_tensors(offsets.tolist(), companies, width)
+
+
+def truncated_rows(encoded: Any, max_length: int) -> np.ndarray:
+    """Per row of a tokenised chunk, whether the window cut the text: a fast tokenizer keeps
+    what truncation removed (`overflowing`); else, to be safe, a row that fills the window."""
+    encodings = getattr(encoded, "encodings", None)
+    if encodings:
+        return np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+    return np.asarray(encoded["attention_mask"]).sum(axis=1) >= max_length
+
+
+def keep_rows(
+    encoded: dict[str, Any], companies: Companies, keep: np.ndarray
+) -> tuple[dict[str, Any], Companies]:
+    """Only the `keep` rows of a tokenised chunk (numpy or torch), padding trimmed to the
+    longest of them; the companies' rows renumbered."""
+    index = np.flatnonzero(keep).tolist()
+    lengths = np.asarray(encoded["attention_mask"]).sum(axis=1)
+    width = int(lengths[index].max()) if index else 0
+    renumbered = np.cumsum(keep) - 1
+    rows = {name: value[index][:, :width] for name, value in encoded.items()}
+    return rows, [(int(renumbered[row]), spans) for row, spans in companies if keep[row]]
+
+
+def _tokenized(
+    tokenizer: Any,
+    texts: list[str],
+    companies: Companies,
+    max_length: int,
+    tensors: str,
+    *,
+    offsets: bool,
+    drop_truncated: bool,
+) -> tuple[dict[str, Any], Companies, np.ndarray]:
+    """One tokenisation of a chunk: its inputs, its companies and the rows kept (all, or
+    with `drop_truncated` those the window does not cut)."""
+    encoded = tokenize(tokenizer, texts, max_length, tensors, offsets)
+    keep = ~truncated_rows(encoded, max_length) if drop_truncated else np.ones(len(texts), bool)
+    if keep.all():
+        return dict(encoded), companies, keep
+    rows, kept_companies = keep_rows(dict(encoded), companies, keep)
+    return rows, kept_companies, keep
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -126,17 +170,30 @@ class _TorchGroup:
         self.module = TaskHeads(models, shared_encoder=shared, entity_head=entity)
         self.module = self.module.to(device).eval()
 
-    def encode(self, texts: list[str], companies: Companies) -> Any:
+    def encode(
+        self, texts: list[str], companies: Companies, drop_truncated: bool = False
+    ) -> tuple[Any, np.ndarray]:
+        """(model inputs, covered) of the kept rows, and which rows were kept."""
         import torch
 
-        with_companies = self.has_entity and bool(companies)
-        encoded = dict(tokenize(self.tokenizer, texts, self.max_length, "pt", with_companies))
+        encoded, companies, keep = _tokenized(
+            self.tokenizer,
+            texts,
+            companies,
+            self.max_length,
+            "pt",
+            offsets=self.has_entity and bool(companies),
+            drop_truncated=drop_truncated,
+        )
+        if not keep.any():
+            return None, keep
         covered = None
-        if with_companies:
+        if self.has_entity and companies:
             mask, rows, covered = entity_inputs(encoded, companies)
             encoded["entity_mask"] = torch.from_numpy(mask)
             encoded["entity_row"] = torch.from_numpy(rows)
-        return encoded, covered
+        encoded.pop("offset_mapping", None)  # the companies' rows were all dropped
+        return (encoded, covered), keep
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]:
         import torch
@@ -174,8 +231,21 @@ class _OnnxGroup:
             assert manifest.entity is not None
             self.outputs.append(manifest.entity.onnx_output or f"logits_{ENTITY}")
 
-    def encode(self, texts: list[str], companies: Companies) -> Any:
-        enc = dict(tokenize(self.tokenizer, texts, self.max_length, "np", self.has_entity))
+    def encode(
+        self, texts: list[str], companies: Companies, drop_truncated: bool = False
+    ) -> tuple[Any, np.ndarray]:
+        """(feeds, covered) of the kept rows, and which rows were kept."""
+        enc, companies, keep = _tokenized(
+            self.tokenizer,
+            texts,
+            companies,
+            self.max_length,
+            "np",
+            offsets=self.has_entity,
+            drop_truncated=drop_truncated,
+        )
+        if not keep.any():
+            return None, keep
         covered = None
         if self.has_entity:
             # The graph always takes company inputs: with none, one dummy row (dropped).
@@ -186,7 +256,7 @@ class _OnnxGroup:
             name: np.asarray(enc[name], dtype=np.float32 if name == "entity_mask" else np.int64)
             for name in self.input_names
         }
-        return feeds, covered
+        return (feeds, covered), keep
 
     def run(self, encoded: Any) -> dict[str, np.ndarray]:
         feeds, covered = encoded
@@ -288,6 +358,18 @@ class ArtifactScorer:
         mention: that row is zero). Texts are sorted by length and cut into `batch_size`
         chunks so padding stays small; chunks are tokenised in the scorer's tokenizer
         thread while the model runs."""
+        return self._predict(texts, companies, skip_truncated=False)[0]
+
+    def _predict(
+        self,
+        texts: Sequence[str],
+        companies: Sequence[Sequence[Sequence[Span]]] | None,
+        *,
+        skip_truncated: bool,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`predict_proba`'s result, and per text whether it was run: with `skip_truncated`,
+        a text the window would cut is not (its rows stay zero), known from the one
+        tokenisation every text gets (the first group's)."""
         clean = preprocessor(self.manifest.preprocess)
         raw = [t if isinstance(t, str) else str(t) for t in texts]
         spans: list[list[list[Span]]] = [[] for _ in raw]
@@ -310,11 +392,11 @@ class ArtifactScorer:
                 (int(first_company[-1]), len(self.entity_labels or SENTIMENT_LABELS)), np.float32
             )
             result["entity_covered"] = np.zeros(int(first_company[-1]), bool)
+        run = np.zeros(len(raw), bool)
         order = np.argsort([len(t) for t in cleaned], kind="stable")
-        steps = [
-            (order[start : start + self.batch_size], group)
+        chunks = [
+            order[start : start + self.batch_size]
             for start in range(0, len(cleaned), self.batch_size)
-            for group in self.groups
         ]
 
         def chunk_companies(idx: np.ndarray) -> tuple[Companies, list[int]]:
@@ -322,41 +404,75 @@ class ArtifactScorer:
             where = [int(first_company[i]) + j for i in idx for j in range(len(spans[i]))]
             return refs, where
 
-        def encode(step: tuple[np.ndarray, _Group]) -> Any:
-            idx, group = step
-            refs = chunk_companies(idx)[0] if group.has_entity else []
-            return group.encode([cleaned[i] for i in idx], refs)
+        def encode(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[_Group, Any]]]:
+            """The chunk's rows to run and each group's inputs for them: the first group
+            decides which rows are kept, the others tokenise only those."""
+            encoded = []
+            for k, group in enumerate(self.groups):
+                refs = chunk_companies(idx)[0] if group.has_entity else []
+                inputs, keep = group.encode(
+                    [cleaned[i] for i in idx], refs, drop_truncated=skip_truncated and k == 0
+                )
+                idx = idx[keep]
+                encoded.append((group, inputs))
+                if not len(idx):
+                    return idx, []
+            return idx, encoded
 
-        for (idx, group), batch in zip(steps, self._tokenizing.map(encode, steps), strict=True):
-            out = group.run(batch)
-            for task in self.labels:
-                if task in out:
-                    result[task][idx] = out[task]
-            if ENTITY in result and "entity_covered" in out:
-                where = chunk_companies(idx)[1]
-                result[ENTITY][where] = out[ENTITY]
-                result["entity_covered"][where] = out["entity_covered"]
+        for idx, encoded in self._tokenizing.map(encode, chunks):
+            run[idx] = True
+            for group, inputs in encoded:
+                out = group.run(inputs)
+                for task in self.labels:
+                    if task in out:
+                        result[task][idx] = out[task]
+                if ENTITY in result and "entity_covered" in out:
+                    where = chunk_companies(idx)[1]
+                    result[ENTITY][where] = out[ENTITY]
+                    result["entity_covered"][where] = out["entity_covered"]
         if ENTITY in result:
             result[ENTITY][~result["entity_covered"]] = 0.0
-        return result
+        return result, run
 
     def score(
         self, texts: list[str], companies: list[list[CompanyMention]] | None = None
     ) -> list[ItemScores]:
         """Topic and sentiment per text, and a verdict per company (the per-company head's
         where the artifact has one and a mention survived truncation, else the text's)."""
+        return [s for s in self._score(texts, companies, skip_truncated=False) if s is not None]
+
+    def score_fitting(
+        self, texts: list[str], companies: list[list[CompanyMention]] | None = None
+    ) -> list[ItemScores | None]:
+        """`score` for the texts that fit the window; None for a text it would cut, which
+        is not run through the model (a `ChunkingScorer` scores its chunks instead). From
+        the one tokenisation the texts get anyway: no separate token count."""
+        return self._score(texts, companies, skip_truncated=True)
+
+    def _score(
+        self,
+        texts: list[str],
+        companies: list[list[CompanyMention]] | None,
+        *,
+        skip_truncated: bool,
+    ) -> list[ItemScores | None]:
         if not texts:
             return []
         spans = None
         if companies is not None:
             spans = [[[(m.start, m.end) for m in c.mentions] for c in cs] for cs in companies]
-        probs = self.predict_proba(texts, spans)
-        out = []
+        probs, run = self._predict(texts, spans, skip_truncated=skip_truncated)
+        out: list[ItemScores | None] = []
         k = 0
         for i in range(len(texts)):
+            mine = companies[i] if companies is not None else []
+            if not run[i]:
+                out.append(None)
+                k += len(mine)
+                continue
             sentiment = _label_scores(self.labels[SENTIMENT], probs[SENTIMENT][i])
             verdicts = []
-            for company in companies[i] if companies is not None else []:
+            for company in mine:
                 if ENTITY in probs and probs["entity_covered"][k]:
                     own = _label_scores(self.entity_labels, probs[ENTITY][k])
                     verdicts.append(_company_scores(company, own, "entity_head"))

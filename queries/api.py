@@ -20,10 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel
 
 import finsentry.metrics  # noqa: F401  (registers the worker's metrics for /metrics)
 from finsentry.alerts.api import alerts_router
 from finsentry.es_client import make_es_client
+from finsentry.feedback.api import feedback_router
+from finsentry.queries.errors import error_responses
 from finsentry.queries.metrics import API_LATENCY, API_RATE_LIMITED, API_REQUESTS
 from finsentry.queries.params import (
     ItemsParams,
@@ -48,6 +51,16 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
 RATE_WINDOW_SECONDS = 60.0
+# The statuses each group of routes can answer (queries/errors.py says what each means).
+QUERY_ERRORS = error_responses(400, 401, 404, 422, 429, 502, 503)
+ALERTS_ERRORS = error_responses(400, 401, 404, 422, 429, 502, 503)
+PUSH_ERRORS = error_responses(401, 403)  # its 413/422/503 bodies are its own (sources/)
+FEEDBACK_ERRORS = error_responses(400, 401, 403, 404, 422, 429, 502, 503)
+
+
+class Health(BaseModel):
+    status: str
+    elasticsearch: dict[str, Any]
 
 
 class RateLimiter:
@@ -96,6 +109,12 @@ def _param_name(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def _clean(message: str) -> str:
     return message.removeprefix("Value error, ")
+
+
+def is_combination_error(error: dict[str, Any]) -> bool:
+    """An error of the parameters together (a model validator's), not of one parameter."""
+    whole = tuple(error.get("loc", ())) in {("query",), ("body",)}
+    return whole and error.get("type") == "value_error"
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -167,7 +186,11 @@ def create_api(settings: Settings, es: "Elasticsearch | None" = None) -> FastAPI
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit), Depends(authenticate)])
+    router = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(rate_limit), Depends(authenticate)],
+        responses=QUERY_ERRORS,
+    )
 
     @router.get("/items", summary="Matching items, newest first by default, one page")
     def items(params: Annotated[ItemsParams, Query()]) -> ItemsResult:
@@ -186,10 +209,23 @@ def create_api(settings: Settings, es: "Elasticsearch | None" = None) -> FastAPI
         return run_breakdown(client, index, params, "topics", datetime.now(UTC))
 
     app.include_router(router)
-    app.include_router(alerts_router(settings, client), dependencies=router.dependencies)
-    app.include_router(push_router(settings))  # POST /v1/items: its own auth (sources/)
+    app.include_router(
+        alerts_router(settings, client), dependencies=router.dependencies, responses=ALERTS_ERRORS
+    )
+    # POST /v1/items: its own auth (sources/)
+    app.include_router(push_router(settings), responses=PUSH_ERRORS)
+    # Labels: analysts' own tokens (feedback/), the API's rate limit.
+    app.include_router(
+        feedback_router(settings, client),
+        dependencies=[Depends(rate_limit)],
+        responses=FEEDBACK_ERRORS,
+    )
 
-    @app.get("/healthz", summary="Liveness and Elasticsearch reachability")
+    @app.get(
+        "/healthz",
+        summary="Liveness and Elasticsearch reachability",
+        responses={200: {"model": Health}, 503: {"model": Health}},
+    )
     def healthz() -> JSONResponse:
         try:
             health = client.options(request_timeout=5).cluster.health()
@@ -231,7 +267,9 @@ def create_api(settings: Settings, es: "Elasticsearch | None" = None) -> FastAPI
     async def invalid_parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
         detail = "; ".join(f"{e['param']}: {e['message']}" for e in errors)
-        return _error(422, f"invalid parameters: {detail}", errors=errors)
+        # Each parameter valid, the combination not (from after to, ...): 400, as QueryError.
+        together = all(is_combination_error(e) for e in exc.errors())
+        return _error(400 if together else 422, f"invalid parameters: {detail}", errors=errors)
 
     @app.exception_handler(QueryError)
     async def bad_query(_: Request, exc: QueryError) -> JSONResponse:

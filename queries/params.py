@@ -36,6 +36,7 @@ MAX_PAGE_SIZE = 500
 MAX_RESULT_WINDOW = 10_000  # Elasticsearch's index.max_result_window: page * size stays below.
 MAX_FILTER_VALUES = 50
 MAX_TEXT_CHARS = 256
+MAX_LABEL_CHARS = 256
 MAX_SINCE = timedelta(days=3660)
 MAX_TIMELINE_SPAN = timedelta(days=90)
 DEFAULT_TIMELINE_SPAN = timedelta(days=7)
@@ -76,7 +77,9 @@ class QueryMode(StrEnum):
     topics = "topics"
 
 
-_DURATION = re.compile(r"^\s*(\d{1,7})\s*([smhdw])\s*$")
+# Every pattern below is both what the OpenAPI schema declares and what the validators
+# accept (Python `re`), so a request the schema allows is never refused as malformed.
+_DURATION = re.compile(r"^\s*(0*[1-9]\d{0,6})\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -84,10 +87,8 @@ def parse_duration(value: str) -> timedelta:
     """`90s`, `15m`, `6h`, `7d`, `2w` -> timedelta."""
     match = _DURATION.match(value)
     if not match:
-        raise ValueError(f"expected a duration like 30m, 6h, 7d or 2w, got {value!r}")
+        raise ValueError(f"expected a positive duration like 30m, 6h, 7d or 2w, got {value!r}")
     amount, unit = int(match.group(1)), match.group(2)
-    if amount <= 0:
-        raise ValueError("a duration must be positive")
     return timedelta(seconds=amount * _UNIT_SECONDS[unit])
 
 
@@ -111,14 +112,40 @@ def _interval_input(value: Any) -> Any:
 
 
 _DURATION_SCHEMA = {"type": "string", "pattern": _DURATION.pattern, "examples": ["6h", "7d"]}
+_INTERVAL_PATTERN = rf"^\s*[Aa][Uu][Tt][Oo]\s*$|{_DURATION.pattern}"
 Duration = Annotated[timedelta, BeforeValidator(_duration_input), WithJsonSchema(_DURATION_SCHEMA)]
 Interval = Annotated[
     timedelta | None,
     BeforeValidator(_interval_input),
-    WithJsonSchema({"type": "string", "examples": ["auto", "1h", "1d"]}),
+    WithJsonSchema({"type": "string", "pattern": _INTERVAL_PATTERN, "examples": ["auto", "1h"]}),
 ]
 
+# A date-time parameter is ISO 8601 text, as the schema's `format: date-time` says; pydantic
+# would also read a number as a Unix timestamp, which the schema does not allow.
+_NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def _iso_datetime_input(value: Any) -> Any:
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        raise ValueError("expected an ISO 8601 date-time (e.g. 2026-11-29T08:00Z), not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime_input)]
+
 _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.\-$]{0,15}$")
+# As given: spaces around, any case, an optional leading `$` (normalised by `_ticker`).
+_TICKER_INPUT = re.compile(r"^ *\$?[A-Za-z0-9][A-Za-z0-9.\-$]{0,15} *$")
+# A label or free text: no control characters (C0, DEL, C1), something other than a space,
+# and only spaces around it. No `\s`: Python and the fuzzer's generator disagree on it.
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+_LABEL_INPUT = re.compile(rf"^ *[^ {_CONTROL}](?:[^{_CONTROL}]*[^ {_CONTROL}])? *$")
+
+
+def _ticker_input(value: Any) -> Any:
+    if isinstance(value, str) and not _TICKER_INPUT.match(value):
+        raise ValueError(f"not a ticker symbol: {value!r}")
+    return value
 
 
 def _ticker(value: str) -> str:
@@ -129,7 +156,7 @@ def _ticker(value: str) -> str:
 
 
 def _no_control_chars(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
         raise ValueError("control characters are not allowed")
     return value
 
@@ -139,19 +166,51 @@ def _no_control_chars(value: str) -> str:
 _FORBIDDEN_TEXT = set(":*?~^{}[]<>\\")
 
 
-def _free_text(value: str) -> str:
-    _no_control_chars(value)
-    bad = sorted({c for c in value if c in _FORBIDDEN_TEXT})
-    if bad:
-        raise ValueError(
-            f"unsupported query syntax {''.join(bad)!r}: free text supports words, "
-            '"phrases", + (and), | (or), - (not) and ( ) grouping'
-        )
-    if value.count('"') % 2:
-        raise ValueError('unbalanced " in free text')
-    if value.count("(") != value.count(")"):
-        raise ValueError("unbalanced ( ) in free text")
+_FORBIDDEN_CLASS = "".join(f"\\x{ord(c):02x}" for c in sorted(_FORBIDDEN_TEXT))
+_TEXT_INPUT = re.compile(
+    rf"^ *[^ {_CONTROL}{_FORBIDDEN_CLASS}]"
+    rf"(?:[^{_CONTROL}{_FORBIDDEN_CLASS}]*[^ {_CONTROL}{_FORBIDDEN_CLASS}])? *$"
+)
+
+
+def _too_long(value: str, limit: int) -> None:
+    """Lengths count as given, spaces included, as the schema's maxLength does."""
+    if len(value) > limit:
+        raise ValueError(f"String should have at most {limit} characters")
+
+
+def _label_input(value: Any) -> Any:
+    if isinstance(value, str):
+        _too_long(value, MAX_LABEL_CHARS)
+    if isinstance(value, str) and not _LABEL_INPUT.match(value):
+        _no_control_chars(value)
+        raise ValueError("needs a character other than a space, and only spaces around it")
     return value
+
+
+def _text_input(value: Any) -> Any:
+    if isinstance(value, str):
+        _too_long(value, MAX_TEXT_CHARS)
+    if isinstance(value, str) and not _TEXT_INPUT.match(value):
+        _no_control_chars(value)
+        bad = sorted({c for c in value if c in _FORBIDDEN_TEXT})
+        if bad:
+            raise ValueError(
+                f"unsupported query syntax {''.join(bad)!r}: free text supports words, "
+                '"phrases", + (and), | (or), - (not) and ( ) grouping'
+            )
+        raise ValueError("needs a character other than a space, and only spaces around it")
+    return value
+
+
+def balanced_text_error(value: str) -> str | None:
+    """Why free text is no query (unbalanced quotes or brackets), or None. Not a pattern:
+    bracket nesting is beyond a regular expression, so it is checked on the whole query."""
+    if value.count('"') % 2:
+        return 'unbalanced " in free text'
+    if value.count("(") != value.count(")"):
+        return "unbalanced ( ) in free text"
+    return None
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -160,10 +219,32 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-Ticker = Annotated[str, AfterValidator(_ticker)]
-Label = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_control_chars)]
+def _pattern_schema(pattern: re.Pattern[str], max_length: int, *examples: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": pattern.pattern,
+            "maxLength": max_length,
+            "examples": [*examples],
+        }
+    )
+
+
+Ticker = Annotated[
+    str,
+    BeforeValidator(_ticker_input),
+    AfterValidator(_ticker),
+    _pattern_schema(_TICKER_INPUT, 40, "NVDA", "$brk.b"),
+]
+Label = Annotated[
+    str,
+    BeforeValidator(_label_input),
+    _pattern_schema(_LABEL_INPUT, MAX_LABEL_CHARS, "Financials"),
+]
 FreeText = Annotated[
-    str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_free_text)
+    str,
+    BeforeValidator(_text_input),
+    _pattern_schema(_TEXT_INPUT, MAX_TEXT_CHARS, '"rate cut" | bank'),
 ]
 
 
@@ -185,12 +266,15 @@ class QueryFilters(BaseModel):
     kind: list[Kind] = Field(default_factory=list, max_length=3)
     text: FreeText | None = Field(None, description="Words matched in title and text.")
     since: Duration | None = Field(None, description="Back from now, e.g. 6h, 7d.")
-    from_: datetime | None = Field(None, alias="from", description="Start (ISO 8601, UTC).")
-    to: datetime | None = Field(None, description="End, exclusive (ISO 8601, UTC).")
+    from_: IsoDateTime | None = Field(None, alias="from", description="Start (ISO 8601, UTC).")
+    to: IsoDateTime | None = Field(None, description="End, exclusive (ISO 8601, UTC).")
     time_field: TimeField = Field("ingested_at", description="Date the range applies to.")
 
     @model_validator(mode="after")
     def _range(self) -> QueryFilters:
+        """Checks across parameters or beyond what a schema states: the API answers 400."""
+        if self.text is not None and (reason := balanced_text_error(self.text)):
+            raise ValueError(reason)
         self.from_ = _utc(self.from_)
         self.to = _utc(self.to)
         if self.since is not None:

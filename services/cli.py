@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -117,6 +119,29 @@ def check(
         console.print(f"{mark} {result.name}: {result.detail}", highlight=False)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+@services_app.command("kafka-tls")
+def kafka_tls(
+    folder: Path = typer.Argument(..., help="Where ca.crt and server.pem go."),
+    host: list[str] = typer.Option(["localhost", "127.0.0.1"], help="Names/IPs (repeatable)."),
+    owner: str | None = typer.Option(None, help="UID:GID to own the files (the broker's)."),
+    days: int = typer.Option(365, min=1, help="Validity of the certificates."),
+) -> None:
+    """Make a CA and a Kafka broker certificate (PEM) unless valid ones are there: what
+    `services up` does for a SASL_SSL broker; docker-compose.sasl.yml runs it once."""
+    from finsentry.services.tls import make_server_tls, needs_new_certificate, server_tls_files
+
+    files = server_tls_files(folder)
+    if needs_new_certificate(files):
+        files = make_server_tls(folder, tuple(host), days)
+        typer.echo(f"made {files.ca_cert} and {files.keystore} for {', '.join(host)}")
+    else:
+        typer.echo(f"{files.keystore} is valid; kept")
+    if owner is not None:
+        uid, _, gid = owner.partition(":")
+        for path in (files.ca_cert, files.keystore):
+            os.chown(path, int(uid), int(gid or uid))
 
 
 def register(app: typer.Typer) -> None:

@@ -25,7 +25,13 @@ def check_kafka(settings: Settings, group: str | None = None) -> list[CheckResul
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from finsentry.services.kafka_login import KafkaLoginError, verify_kafka_login
+
     name = f"kafka {settings.kafka_bootstrap}"
+    try:
+        verify_kafka_login(settings)
+    except KafkaLoginError as exc:
+        return [CheckResult(name=name, ok=False, detail=str(exc))]
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap.split(","),

@@ -34,6 +34,23 @@ from finsentry.streams.parser import ParseError, parse_raw
 MAX_ITEMS = 10_000
 
 
+def request_body_schema() -> dict[str, Any]:
+    """The body as OpenAPI declares it: an item, an array of items, or NDJSON text. The
+    worker's parser checks more than the schema says (text cap, visible text, id bytes):
+    an item it refuses is a 422 entry while the rest of the request is accepted."""
+    item = NewsItem.model_json_schema(ref_template="#/components/schemas/{model}")
+    item.pop("$defs", None)
+    item["additionalProperties"] = True  # unknown fields are kept under `extra`
+    one_or_many = {"oneOf": [item, {"type": "array", "items": item, "maxItems": MAX_ITEMS}]}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": one_or_many},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+
+
 class Sink(Protocol):
     def send(self, items: list[NewsItem]) -> None: ...
 
@@ -131,6 +148,7 @@ def push_router(settings: Settings, sink_factory: Callable[[], Sink] | None = No
         summary="Push items into the raw topic (one, a JSON array, or NDJSON)",
         status_code=202,
         responses={413: {}, 422: {}, 503: {}},
+        openapi_extra={"requestBody": request_body_schema()},
     )
     async def push_items(request: Request) -> JSONResponse:
         cap = settings.push_max_bytes

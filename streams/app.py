@@ -10,6 +10,7 @@ ids make the second write idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,7 @@ def create_app(settings: Settings, app_id: str | None = None, **options: Any) ->
         consumer_auto_offset_reset="earliest",
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout,
         producer_acks=-1,
         stream_buffer_maxsize=max(4 * settings.max_batch, 256),
         value_serializer="raw",
@@ -287,9 +289,18 @@ def add_scoring_agent(
     @app.agent(topics.raw, name="score")
     async def score(stream: faust.StreamT) -> None:
         window = BatchWindow(settings.max_batch, settings.min_wait, settings.max_wait)
-        async for events in adaptive_batches(stream, window):
-            if swapper is not None:
-                swapper.swap_if_ready()  # only here: between batches
-            await process_until_done(processor, topics, [to_record(e) for e in events], settings)
-            await ack_batch(stream, events)
-            metrics.BATCH_WAIT.set(window.wait)
+        async with contextlib.aclosing(adaptive_batches(stream, window)) as batches:
+            async for events in batches:
+                if swapper is not None:
+                    swapper.swap_if_ready()  # only here: between batches
+                try:
+                    records = [to_record(e) for e in events]
+                    await process_until_done(processor, topics, records, settings)
+                except SinkStopped:  # shutting down: the batch stays unacknowledged
+                    log.warning(
+                        "stopping with a batch of %d not indexed; read again on restart",
+                        len(events),
+                    )
+                    return
+                await ack_batch(stream, events)
+                metrics.BATCH_WAIT.set(window.wait)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from finsentry import metrics
 from finsentry.index.bulk_sink import BulkSink
+from finsentry.index.company_verdicts import verdict_docs
 from finsentry.messages import (
     CompanyMention,
     CompanyScores,
@@ -154,6 +155,8 @@ class BatchProcessor:
     executor: Executor
     max_text_chars: int
     dead_letter_sink: BulkSink | None = None
+    # One flat document per company of each indexed item (index/company_verdicts.py).
+    verdict_sink: BulkSink | None = None
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
         result = BatchResult()
@@ -223,5 +226,20 @@ class BatchProcessor:
             result.dead_letters.append(
                 dead_letter(by_id[doc_id], "index_rejected", f"Elasticsearch refused it: {reason}")
             )
-        result.indexed.extend(docs[doc_id] for doc_id in outcome.indexed)
+        indexed = [docs[doc_id] for doc_id in outcome.indexed]
+        await self._index_verdicts(indexed)
+        result.indexed.extend(indexed)
         metrics.ITEMS_SCORED.inc(len(outcome.indexed))
+
+    async def _index_verdicts(self, items: list[ScoredItem]) -> None:
+        """The per-company documents of the indexed items, written (and retried) before the
+        batch is acknowledged, like the items themselves."""
+        verdicts = verdict_docs(items)
+        if self.verdict_sink is None or not verdicts:
+            return
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self.executor, self.verdict_sink.write, verdicts)
+        for doc_id, reason in outcome.rejected:
+            # The item itself is indexed (with its nested companies): only the flat copy for
+            # Grafana is missing, which a rescore rewrites. Loud, not a dead letter.
+            log.error("company verdict %s refused by Elasticsearch: %s", doc_id, reason)

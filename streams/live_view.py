@@ -49,10 +49,19 @@ class TickerStat(BaseModel):
         return self.negative / self.total if self.total else 0.0
 
 
+class CompanyVerdict(BaseModel):
+    """What the models said about one company of an item (its own sentiment)."""
+
+    ticker: str
+    sentiment: Sentiment
+
+
 class NegativeItem(BaseModel):
     scored_at: datetime | None = None
     tickers: list[str] = Field(default_factory=list)
+    companies: list[CompanyVerdict] = Field(default_factory=list)
     text: str
+    evidence: str | None = Field(None, description="The most negative chunk of a long text.")
     source: str | None = None
     sentiment_score: float | None = None
 
@@ -155,7 +164,17 @@ def negatives_request(limit: int = 8) -> dict[str, Any]:
         "size": limit,
         "query": {"term": {"sentiment": "bearish"}},
         "sort": [{"scored_at": {"order": "desc"}}],
-        "source": ["scored_at", "tickers", "text", "title", "source", "sentiment_score"],
+        "source": [
+            "scored_at",
+            "tickers",
+            "companies.ticker",
+            "companies.sentiment",
+            "text",
+            "title",
+            "evidence",
+            "source",
+            "sentiment_score",
+        ],
     }
 
 
@@ -195,6 +214,16 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
 
 
+def company_verdicts(source: Mapping[str, Any]) -> list[CompanyVerdict]:
+    """An indexed item's per-company verdicts; entries without a ticker or a known
+    sentiment are left out."""
+    verdicts = []
+    for company in source.get("companies") or []:
+        if company.get("ticker") and company.get("sentiment") in SENTIMENTS:
+            verdicts.append(CompanyVerdict.model_validate(company))
+    return verdicts
+
+
 def build_snapshot(
     stats: Mapping[str, Any],
     negatives: Mapping[str, Any],
@@ -229,10 +258,13 @@ def build_snapshot(
     newest = []
     for hit in negatives.get("hits", {}).get("hits", []):
         source = hit.get("_source", {})
+        evidence = source.get("evidence")
         newest.append(
             NegativeItem(
                 scored_at=source.get("scored_at"),
                 tickers=source.get("tickers") or [],
+                companies=company_verdicts(source),
+                evidence=truncate(evidence, text_chars) if evidence else None,
                 text=truncate(source.get("text") or source.get("title") or "", text_chars),
                 source=source.get("source"),
                 sentiment_score=source.get("sentiment_score"),
@@ -297,6 +329,30 @@ def layout(snapshot: LiveSnapshot, height: int = DEFAULT_HEIGHT) -> dict[str, in
     if "tickers" in shown:
         rows["tickers"] += min(wanted["tickers"] - rows["tickers"], budget)
     return rows
+
+
+_ARROWS: dict[str, str] = {"bearish": "▼", "neutral": "·", "bullish": "▲"}
+
+
+def _companies_cell(item: NegativeItem) -> Text:
+    """`AAPL▲ MSFT▼`: each company with its own verdict; the bare tickers for an item
+    indexed without verdicts."""
+    if not item.companies:
+        return Text(" ".join(item.tickers) or "-", style="bold")
+    cell = Text()
+    for i, company in enumerate(item.companies):
+        cell.append(" " if i else "")
+        cell.append(
+            f"{company.ticker}{_ARROWS[company.sentiment]}", style=_COLORS[company.sentiment]
+        )
+    return cell
+
+
+def _text_cell(item: NegativeItem) -> Text:
+    """The text; for a long text scored in chunks, its most negative chunk (the evidence)."""
+    if item.evidence and item.evidence != item.text:
+        return Text.assemble(("» ", "dim"), (item.evidence, "italic"))
+    return Text(item.text)
 
 
 def _model_panel(snapshot: LiveSnapshot) -> Table:
@@ -410,12 +466,12 @@ def render(snapshot: LiveSnapshot, *, height: int = DEFAULT_HEIGHT) -> Renderabl
     if rows["negatives"]:
         newest = _table(
             ("scored", {"style": "dim", "no_wrap": True}),
-            ("tickers", {"style": "bold", "no_wrap": True}),
+            ("companies", {"no_wrap": True, "max_width": 30}),
             ("text", {"overflow": "ellipsis", "no_wrap": True, "ratio": 1}),
         )
         for item in snapshot.newest_negative[: rows["negatives"]]:
             when = f"{item.scored_at.astimezone(UTC):%H:%M:%S}" if item.scored_at else "-"
-            newest.add_row(when, " ".join(item.tickers) or "-", item.text)
+            newest.add_row(when, _companies_cell(item), _text_cell(item))
         if not snapshot.newest_negative:
             newest.add_row("", "", Text("none yet", style="dim"))
         parts.append(Panel(newest, title="newest bearish items"))

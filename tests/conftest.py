@@ -11,6 +11,9 @@ import pytest
 
 from finsentry.settings import Settings
 
+# Reliability rows -> RELIABILITY.md, and the check of the committed table.
+pytest_plugins = ["tests.support.outcomes"]
+
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
@@ -55,8 +58,12 @@ def unique_settings(base: Settings, **overrides: object) -> Settings:
         "topic_dead_letters": f"{tag}.dead-letters",
         "topic_alerts": f"{tag}.alerts",
         "items_index": f"{tag}-items",
+        "company_verdicts_index": f"{tag}-company-verdicts",
         "alerts_index": f"{tag}-alerts",
         "dead_letters_index": f"{tag}-dead-letters",
+        "feedback_index": f"{tag}-feedback",
+        "drift_index": f"{tag}-drift",
+        "drift_metrics_port": 0,
         "manage_services": False,
         "metrics_port": 0,
     }
@@ -70,8 +77,11 @@ def settings(services: Settings, es) -> Iterator[Settings]:  # type: ignore[no-u
     yield test_settings
     for index in (
         test_settings.items_index,
+        test_settings.company_verdicts_index,
         test_settings.alerts_index,
         test_settings.dead_letters_index,
+        test_settings.feedback_index,
+        test_settings.drift_index,
     ):
         es.options(ignore_status=404).indices.delete(index=index)
         es.options(ignore_status=404).indices.delete_index_template(name=index)

@@ -6,16 +6,8 @@ the one negative burst; normal traffic gives none."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,84 +16,27 @@ from elasticsearch import ApiError, Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from finsentry.alerts.outbox import ALERT_ID_HEADER
+from finsentry.alerts.alerter_process import AlerterProcess
 from finsentry.alerts.rules import AlertRules, DeliveryPolicy
 from finsentry.alerts.stories import StoryPolicy
 from finsentry.messages import Alert
 from finsentry.settings import Settings
+from tests.support.alerts import (
+    Receiver,
+    free_port,
+    kafka,  # noqa: F401  (fixture)
+    wait_for,
+)
 from tests.test_alerts_rules import scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FINSENTRY = Path(sys.executable).with_name("finsentry")
-
-
-class Receiver:
-    """An http.server webhook on 127.0.0.1 that records every POST."""
-
-    def __init__(self, port: int = 0) -> None:
-        received: list[dict[str, Any]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                del format, args
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.append(
-                    {
-                        "path": self.path,
-                        "id": self.headers.get(ALERT_ID_HEADER),
-                        "body": json.loads(body),
-                    }
-                )
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.received = received
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}; alerter log tail:\n{tail}")
-
-
-@pytest.fixture
-def kafka(settings: Settings, kafka_bootstrap: str) -> Iterator[dict[str, Any]]:
-    """kafka-python options; the test's topics (all carry the app id's tag) are deleted after."""
-    options = {"bootstrap_servers": kafka_bootstrap, **settings.kafka_client_options()}
-    yield options
-    tag = settings.app_id.removeprefix("finsentry-")
-    admin = KafkaAdminClient(**options)
-    ours = [t for t in admin.list_topics() if tag in t]
-    if ours:
-        admin.delete_topics(ours)
-    admin.close()
-
 
 def test_one_notification_per_episode_even_when_a_webhook_was_down(
-    settings: Settings, kafka: dict[str, Any], es: Elasticsearch, tmp_path: Path
+    settings: Settings,
+    kafka: dict[str, Any],  # noqa: F811
+    es: Elasticsearch,
+    tmp_path: Path,
 ) -> None:
     admin = KafkaAdminClient(**kafka)
     admin.create_topics([NewTopic(settings.topic_scored, num_partitions=1, replication_factor=1)])
@@ -117,30 +52,18 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
         # would count once (test_alerts_watchlists covers that); here each counts.
         stories=StoryPolicy(count_once=False),
     )
-    rules_file = tmp_path / "rules.json"
-    rules_file.write_text(rules.model_dump_json())
-    env = {
-        **os.environ,
-        "FINSENTRY_APP_ID": settings.app_id,
-        "FINSENTRY_TOPIC_SCORED": settings.topic_scored,
-        "FINSENTRY_TOPIC_ALERTS": settings.topic_alerts,
-        "FINSENTRY_ALERTS_INDEX": settings.alerts_index,
-        "FINSENTRY_MANAGE_SERVICES": "false",
-        "FINSENTRY_TOPIC_PARTITIONS": "1",
-        "FINSENTRY_ALERT_RULES_FILE": str(rules_file),
-        "FINSENTRY_WEBHOOK_URLS": json.dumps([f"http://127.0.0.1:{generic.port}/hook"]),
-        "FINSENTRY_SLACK_WEBHOOK_URLS": json.dumps([f"http://127.0.0.1:{slack_port}/slack"]),
-    }
-    log = tmp_path / "alerter.log"
+    ours = settings.model_copy(
+        update={
+            "topic_partitions": 1,
+            "watchlists_index": f"{settings.app_id}-watchlists",  # none: no watchlists
+            "webhook_urls": [f"http://127.0.0.1:{generic.port}/hook"],
+            "slack_webhook_urls": [f"http://127.0.0.1:{slack_port}/slack"],
+            "alert_channel_urls": {},
+        }
+    )
+    alerter = AlerterProcess(ours, rules, tmp_path)
+    alerter.start()
     slack: Receiver | None = None
-    with log.open("wb") as out:
-        alerter = subprocess.Popen(
-            [str(FINSENTRY), "alerter", "--loglevel", "info"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
         producer = KafkaProducer(**kafka, value_serializer=str.encode, key_serializer=str.encode)
         items = scenario(time.time(), with_steady=False)
@@ -158,7 +81,7 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
             docs = [h["_source"] for h in hits]
             return docs[0] if docs and docs[0]["attempts"] >= 2 else None
 
-        doc = wait_for("the alert to be stored and tried", pending, 120, log)
+        doc = wait_for("the alert to be stored and tried", pending, 120, alerter)
         assert doc["key"] == "BURST" and not doc["delivered"]
         assert [t.split("-")[0] for t in doc["pending_targets"]] == ["slack"]
         assert "http" not in (doc["last_error"] or "")
@@ -170,7 +93,7 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
             found = es.get(index=settings.alerts_index, id=doc["id"])["_source"]
             return bool(found["delivered"])
 
-        wait_for("the Slack webhook to get the alert", delivered, 30, log)
+        wait_for("the Slack webhook to get the alert", delivered, 30, alerter)
         time.sleep(3 * rules.delivery.sweep_interval_s + 1)
 
         assert len(generic.received) == 1 and len(slack.received) == 1
@@ -193,12 +116,8 @@ def test_one_notification_per_episode_even_when_a_webhook_was_down(
         consumer.close()
         assert [(a.id, a.key) for a in on_topic] == [(doc["id"], "BURST")]
     finally:
-        os.killpg(alerter.pid, signal.SIGTERM)
-        try:
-            alerter.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(alerter.pid, signal.SIGKILL)
-            alerter.wait()
+        alerter.kill(signal.SIGTERM)
+        es.options(ignore_status=404).indices.delete(index=ours.watchlists_index)
         generic.close()
         if slack is not None:
             slack.close()

@@ -38,7 +38,7 @@ from finsentry.alerts.watchlists import (
     resolve_watchlist,
 )
 from finsentry.settings import Settings
-from tests.test_alerts_watchlists_e2e import scored, verdict
+from tests.support.alerts import scored, verdict
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 DESK = Watchlist(

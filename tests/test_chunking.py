@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,48 @@ def test_real_tokenizer_chunks_fit_the_tiny_artifact_window(tiny_artifact: Path)
     assert scores.chunks == len(chunks) > 30
     assert scores.evidence in ARTICLE
     assert abs(sum(scores.sentiment.probs.values()) - 1.0) < 1e-4
+
+
+class CountingTokenizer:
+    """The real tokenizer, recording the texts of every call."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str], *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(list(texts))
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+def test_a_batch_is_tokenised_once_and_only_long_texts_again(tiny_artifact: Path) -> None:
+    from finsentry.models.runtime import ArtifactScorer
+    from finsentry.models.scorer import load_scorer
+    from finsentry.settings import Settings
+
+    scorer = load_scorer(Settings(models_dir=tiny_artifact.parent, model_path=tiny_artifact))
+    assert isinstance(scorer, ChunkingScorer)
+    tokenizer = CountingTokenizer(scorer.inner.groups[0].tokenizer)
+    scorer.inner.groups[0].tokenizer = tokenizer
+    short = ["Nvidia beats estimates", "Fed holds rates", "Oil slides as supply grows"]
+    reference = ArtifactScorer(tiny_artifact, device="cpu")
+
+    assert scorer.score(short) == reference.score(short)
+    assert [len(texts) for texts in tokenizer.calls] == [3]  # one call, the whole batch
+
+    tokenizer.calls.clear()
+    mixed = [short[0], ARTICLE, short[1]]
+    companies = [[CompanyMention(ticker="NVDA", mentions=[Mention(start=0, end=6)])], [], []]
+    results = scorer.score(mixed, companies)
+    first, *rest = tokenizer.calls
+    assert len(first) == 3  # the batch, once; then only the article's pieces and chunks
+    assert not any("estimates" in t or "holds rates" in t for texts in rest for t in texts)
+    alone = [reference.score([short[0]], companies[:1])[0], reference.score([short[1]])[0]]
+    for got, want in zip([results[0], results[2]], alone, strict=True):  # padding may differ
+        assert got.sentiment.probs == pytest.approx(want.sentiment.probs, abs=1e-5)
+        assert got.topic.label == want.topic.label and got.chunks == 1
+    assert results[0].companies[0].ticker == "NVDA"
+    assert results[1].chunks == len(chunk_text(ARTICLE, 128, scorer.count)) > 30

@@ -59,7 +59,13 @@ def test_write_tree_writes_and_prunes(tmp_path, files: dict[str, str]) -> None:
 
 def test_datasources_use_env_for_credentials(files: dict[str, str]) -> None:
     sources = {d["uid"]: d for d in load(files, "datasources/finsentry.yaml")["datasources"]}
-    assert set(sources) == {"finsentry-items", "finsentry-alerts", "finsentry-dead-letters"}
+    assert set(sources) == {
+        "finsentry-items",
+        "finsentry-company-verdicts",
+        "finsentry-alerts",
+        "finsentry-dead-letters",
+        "finsentry-drift",
+    }
     for source in sources.values():
         assert source["url"] == "http://elasticsearch:9200"
         assert source["jsonData"]["esVersion"] == "9.5.4"
@@ -67,6 +73,8 @@ def test_datasources_use_env_for_credentials(files: dict[str, str]) -> None:
         assert source["secureJsonData"] == {"basicAuthPassword": f"${{{ES_PASSWORD_ENV}}}"}
     assert sources["finsentry-items"]["jsonData"]["index"] == "finsentry-items"
     assert sources["finsentry-dead-letters"]["jsonData"]["index"] == "finsentry-dead-letters"
+    verdicts = sources["finsentry-company-verdicts"]["jsonData"]
+    assert (verdicts["index"], verdicts["timeField"]) == ("finsentry-company-verdicts", "scored_at")
     point = load(files, "alerting/contact-points.yaml")["contactPoints"][0]["receivers"][0]
     assert point["settings"]["url"] == f"${{{WEBHOOK_URL_ENV}}}"
     provider = load(files, "dashboards/finsentry.yaml")["providers"][0]
@@ -90,11 +98,11 @@ def test_dashboards_reference_provisioned_datasources(files: dict[str, str]) -> 
     assert {market["uid"], pipeline["uid"]} == {"finsentry-market", "finsentry-pipeline"}
     titles = {p["title"] for p in market["panels"]}
     assert titles == {
-        "Items by sentiment",
+        "Verdicts by sentiment",
         "Net sentiment index",
         "Negative share by ticker",
         "Topic mix",
-        "Newest negative items",
+        "Newest bearish verdicts",
     }
     for board in (market, pipeline):
         for title, target in _targets(board):
@@ -114,7 +122,11 @@ def test_alert_rules_hang_together(files: dict[str, str]) -> None:
     (group,) = load(files, "alerting/rules.yaml")["groups"]
     assert group["interval"] == "60s"
     uids = [r["uid"] for r in group["rules"]]
-    assert uids == ["finsentry-negative-share-ticker", "finsentry-negative-spike-ticker"]
+    assert uids == [
+        "finsentry-negative-share-ticker",
+        "finsentry-negative-spike-ticker",
+        "finsentry-drift",
+    ]
     for rule in group["rules"]:
         refs = {q["refId"]: q for q in rule["data"]}
         assert rule["condition"] in refs
@@ -277,7 +289,7 @@ def test_push_is_an_idempotent_upsert(fake_grafana) -> None:
         "finsentry-pipeline",
         "finsentry-alerts-board",
     }
-    assert len(state["group"]["finsentry-sentiment"]["rules"]) == 2
+    assert len(state["group"]["finsentry-sentiment"]["rules"]) == 3  # 2 rules + drift
     assert state["policy"]["finsentry-webhook"]["receiver"] == CONTACT_POINT
 
 
@@ -327,11 +339,13 @@ def test_severe_item_rules_per_rules_file_watchlist() -> None:
     assert rule["labels"]["watchlist"] == "desk"
     query = rule["data"][0]["model"]["query"]
     assert query == (
-        'sentiment:bearish AND sentiment_confidence:>=0.85 AND tickers:("AAPL" OR "TSLA") '
+        'sentiment:bearish AND confidence:>=0.85 AND ticker:("AAPL" OR "TSLA") '
         'AND topic:("Company | Legal")'
     )
+    assert rule["data"][0]["datasourceUid"] == "finsentry-company-verdicts"
     assert rule["data"][0]["relativeTimeRange"]["from"] == 120
     assert [q["refId"] for q in rule["data"]] == ["A", "C", "E", "F"]
     assert rule["condition"] == "F"
     # The default rules have no watchlists: no severe-item rule in the committed tree.
-    assert len(load(render_tree(GrafanaConfig()), "alerting/rules.yaml")["groups"][0]["rules"]) == 2
+    default = load(render_tree(GrafanaConfig()), "alerting/rules.yaml")["groups"][0]["rules"]
+    assert all(r["labels"]["rule"] != "severe_item" for r in default)

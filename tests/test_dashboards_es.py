@@ -34,7 +34,12 @@ from finsentry.dashboards.esquery import (
     terms_variable_body,
 )
 from finsentry.dashboards.provisioning import render_tree
-from finsentry.index.template import apply_dead_letters_template, apply_items_template
+from finsentry.index.company_verdicts import CompanyVerdict, company_verdicts, verdict_docs
+from finsentry.index.template import (
+    apply_company_verdicts_template,
+    apply_dead_letters_template,
+    apply_items_template,
+)
 from finsentry.messages import DeadLetter, ScoredItem
 from tests.test_alerts_rules import FIRING, WindowStats, item, scenario
 
@@ -69,6 +74,9 @@ def crafted_items(now: float) -> list[ScoredItem]:
         + [(["AAPL", "TSLA"], "bearish")] * 2
         + [(["TSLA"], "neutral"), ([], "neutral"), ([], "neutral"), ([], "bearish")]
     )
+    # Mixed items: the text reads bearish, but its per-company verdict for TSLA is bullish.
+    # A per-ticker panel that counted the text's sentiment would call them bearish for TSLA.
+    mixed = {len(spec) - 5, len(spec) - 6}
     items = [
         item(
             n,
@@ -80,6 +88,14 @@ def crafted_items(now: float) -> list[ScoredItem]:
         )
         for n, (tickers, sentiment) in enumerate(spec)
     ]
+    for n in mixed:
+        companies = [
+            c.model_copy(update={"sentiment": "bullish", "score": 0.7, "source": "entity_head"})
+            if c.ticker == "TSLA"
+            else c
+            for c in items[n].companies
+        ]
+        items[n] = items[n].model_copy(update={"companies": companies})
     items.append(item(len(items), now - 3 * 86400, "bearish", ["AAPL"]))
     return items
 
@@ -129,6 +145,7 @@ def indices(es: Elasticsearch, now_ms: int) -> Iterator[dict[str, Any]]:
     suffix = uuid.uuid4().hex[:10]
     names = {
         "finsentry-items": f"fs-test-items-{suffix}",
+        "finsentry-company-verdicts": f"fs-test-verdicts-{suffix}",
         "finsentry-alerts": f"fs-test-alerts-{suffix}",
         "finsentry-dead-letters": f"fs-test-dead-{suffix}",
         "rules": f"fs-test-rules-{suffix}",
@@ -145,7 +162,12 @@ def indices(es: Elasticsearch, now_ms: int) -> Iterator[dict[str, Any]]:
         apply_items_template(es, names["rules"])
         apply_alerts_template(es, names["finsentry-alerts"])
         apply_dead_letters_template(es, names["finsentry-dead-letters"])
+        apply_company_verdicts_template(es, names["finsentry-company-verdicts"])
         actions = [
+            *(
+                {"_index": names["finsentry-company-verdicts"], "_id": doc_id, "_source": doc}
+                for doc_id, doc in verdict_docs(data["items"]).items()
+            ),
             *(
                 {
                     "_index": names["finsentry-items"],
@@ -224,61 +246,69 @@ def totals(found: Iterator[dict[str, Any]], label: str) -> dict[str, int]:
 
 # --- Market sentiment -------------------------------------------------------------------
 
-Check = Callable[[dict[str, Any], dict[str, Any], list[ScoredItem]], None]
+Check = Callable[[dict[str, Any], dict[str, Any], list[ScoredItem], list[CompanyVerdict]], None]
 
 
-def check_by_sentiment(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+def verdicts_of(items: list[ScoredItem], tickers: list[str] | None) -> list[CompanyVerdict]:
+    """The per-company verdicts a ticker-filtered verdict panel sees."""
+    found = [v for i in items for v in company_verdicts(i)]
+    return found if tickers is None else [v for v in found if v.ticker in tickers]
+
+
+def check_by_sentiment(panel: dict, results: dict, items: list, verdicts: list) -> None:
     (target,) = panel["targets"]
     found = totals(rows(results[target["refId"]], target), "sentiment")
-    assert found == dict(Counter(i.sentiment for i in items))
+    assert found == dict(Counter(v.sentiment for v in verdicts))
 
 
-def check_net_index(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+def check_net_index(panel: dict, results: dict, items: list, verdicts: list) -> None:
     shown = [t for t in panel["targets"] if not t.get("hide")]
     assert [t["type"] for t in shown] == ["math"]
     (series,) = results[shown[0]["refId"]].values()
     totals_ = results["C"][""]
-    assert len(series) == len(totals_) and sum(totals_) == len(items)
+    assert len(series) == len(totals_) and sum(totals_) == len(verdicts)
     values = [v for v in series if not math_.isnan(v)]
     assert values and all(-1 <= v <= 1 for v in values)
     net = sum(v * n for v, n in zip(series, totals_, strict=True) if n)
-    expected = sum((i.sentiment == "bullish") - (i.sentiment == "bearish") for i in items)
+    expected = sum((v.sentiment == "bullish") - (v.sentiment == "bearish") for v in verdicts)
     assert net == pytest.approx(expected)
 
 
-def check_negative_share(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+def check_negative_share(panel: dict, results: dict, items: list, verdicts: list) -> None:
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for i in items:
-        for ticker in i.tickers:
-            per[ticker][0] += 1
-            per[ticker][1] += i.sentiment == "bearish"
+    for v in verdicts:
+        per[v.ticker][0] += 1
+        per[v.ticker][1] += v.sentiment == "bearish"
     (shown,) = [t for t in panel["targets"] if not t.get("hide")]
     expected = {t: neg / total for t, (total, neg) in per.items() if neg}
     assert results[shown["refId"]] == pytest.approx(expected)
 
 
-def check_topic_mix(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+def check_topic_mix(panel: dict, results: dict, items: list, verdicts: list) -> None:
     (target,) = panel["targets"]
     found = totals(rows(results[target["refId"]], target), "topic")
     assert found == dict(Counter(i.topic for i in items))
 
 
-def check_newest_negative(panel: dict, results: dict, items: list[ScoredItem]) -> None:
+def check_newest_bearish(panel: dict, results: dict, items: list, verdicts: list) -> None:
     (target,) = panel["targets"]
     hits = [h["_source"] for h in results[target["refId"]]["hits"]["hits"]]
-    expected = sorted(
-        (i for i in items if i.sentiment == "bearish"), key=lambda i: i.scored_at, reverse=True
+    bearish = [v for v in verdicts if v.sentiment == "bearish"]
+    assert len(bearish) < 50 and len(hits) == len(bearish)
+    assert sorted((h["item_id"], h["ticker"]) for h in hits) == sorted(
+        (v.item_id, v.ticker) for v in bearish
     )
-    assert [h["id"] for h in hits] == [i.id for i in expected][:50]
-    assert all(h["url"] for h in hits)
+    times = [h["scored_at"] for h in hits]
+    assert times == sorted(times, reverse=True)
+    assert all(h["url"] and h["title"] for h in hits)
 
 
 MARKET_CHECKS: dict[str, Check] = {
-    "Items by sentiment": check_by_sentiment,
+    "Verdicts by sentiment": check_by_sentiment,
     "Net sentiment index": check_net_index,
     "Negative share by ticker": check_negative_share,
     "Topic mix": check_topic_mix,
-    "Newest negative items": check_newest_negative,
+    "Newest bearish verdicts": check_newest_bearish,
 }
 
 
@@ -310,11 +340,15 @@ def test_market_panels(es, tree, indices, now_ms, selection: str) -> None:
     tickers = SELECTIONS[selection]
     variables = resolve_variables(board, {"ticker": tickers})
     items = selected(indices["items"], now_ms, tickers)
-    assert items
+    verdicts = verdicts_of(items, tickers)
+    # With all tickers shown, the mixed items' TSLA verdicts (bullish in a bearish text) count.
+    assert items and ("bullish" in {v.sentiment for v in verdicts if v.ticker == "TSLA"}) == (
+        tickers is None
+    )
     assert {p["title"] for p in board["panels"]} == set(MARKET_CHECKS)
     for panel in board["panels"]:
         results = run_panel(es, tree, indices, panel, now_ms - 24 * HOUR_MS, now_ms, variables)
-        MARKET_CHECKS[panel["title"]](panel, results, items)
+        MARKET_CHECKS[panel["title"]](panel, results, items, verdicts)
 
 
 def test_ticker_variable_lists_tickers_in_range(es, tree, indices, now_ms) -> None:
@@ -424,16 +458,19 @@ PIPELINE_CHECKS: dict[str, Callable[[dict, dict, dict], None]] = {
     "Items by source": check_by_source,
     "Sources": check_sources_table,
 }
+# The drift panel and rule read the drift index: tests/test_drift.py runs them on drift rows.
+DRIFT_PANEL = "Drift vs training data (PSI per hour)"
+DRIFT_RULE = "finsentry-drift"
 
 
 def test_pipeline_panels(es, tree, indices, now_ms) -> None:
     board = tree["dashboards/pipeline-health.json"]
-    assert {p["title"] for p in board["panels"]} == set(PIPELINE_CHECKS)
+    assert {p["title"] for p in board["panels"]} == set(PIPELINE_CHECKS) | {DRIFT_PANEL}
     in_range = [
         i for i in indices["items"] if i.scored_at.timestamp() * 1000 >= now_ms - 24 * HOUR_MS
     ]
     data = {"items": in_range, "dead": indices["dead"]}
-    for panel in board["panels"]:
+    for panel in (p for p in board["panels"] if p["title"] != DRIFT_PANEL):
         for target in panel["targets"]:
             response = run_target(es, tree, indices, target, now_ms - 24 * HOUR_MS, now_ms)
             PIPELINE_CHECKS[panel["title"]](target, response, data)
@@ -533,7 +570,7 @@ def run_expressions(models: list[dict[str, Any]], results: dict[str, Any]) -> No
 def test_grafana_alert_rules_fire_on_the_burst_only(es, tree, indices, now_ms) -> None:
     (group,) = tree["alerting/rules.yaml"]["groups"]
     assert group["rules"]
-    for rule in group["rules"]:
+    for rule in (r for r in group["rules"] if r["uid"] != DRIFT_RULE):
         results: dict[str, Any] = {}
         for query in rule["data"]:
             if query["datasourceUid"] == "__expr__":

@@ -16,15 +16,13 @@ from typer.testing import CliRunner
 
 from finsentry.alerts.digest import build_digest, digest_text, render_png, send_due_digests
 from finsentry.alerts.email import SmtpConfig
-from finsentry.alerts.live import alert_rows
 from finsentry.alerts.watchlists import ChannelSpec, WatchedCompany, Watchlist, put_watchlist
 from finsentry.cli import app
 from finsentry.es_client import make_async_es_client
 from finsentry.index.template import apply_items_template
 from finsentry.messages import ScoredItem
 from finsentry.settings import Settings
-from tests.test_alerts_stream import free_port
-from tests.test_alerts_watchlists_e2e import Mailbox, scored, verdict
+from tests.support.alerts import Mailbox, free_port, scored, verdict
 
 UNTIL = datetime(2026, 3, 2, 21, 0, tzinfo=UTC)
 SINCE = UNTIL - timedelta(days=1)
@@ -85,30 +83,6 @@ def test_digest_numbers_and_chart() -> None:
 
     pixels = image.imread(io.BytesIO(png), format="png")
     assert pixels.shape[0] > 300 and pixels.shape[1] > 700
-
-
-def test_live_view_rows() -> None:
-    rows = alert_rows(
-        [
-            {
-                "key_type": "ticker",
-                "key": "AAPL",
-                "company": "Apple",
-                "watchlist": "desk",
-                "rule": "severe_item",
-                "summary": "s",
-                "window_end": UNTIL.isoformat(),
-                "created_at": UNTIL.isoformat(),
-                "delivered": True,
-            },
-            {"key_type": "topic", "key": "Earnings", "rule": "negative_share",
-             "window_end": UNTIL.isoformat()},
-        ]
-    )  # fmt: skip
-    assert [(r.company, r.watchlist, r.acknowledged) for r in rows] == [
-        ("AAPL (Apple)", "desk", False),
-        ("topic Earnings", None, False),
-    ]
 
 
 @pytest.fixture

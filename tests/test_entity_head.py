@@ -262,6 +262,16 @@ def test_the_worker_indexes_two_companies_of_one_text_with_opposite_verdicts(
         }
         return es.count(index=settings.items_index, query=query)["count"]
 
+    # The flat per-company documents Grafana reads: one per company, its own verdict,
+    # written once.
+    es.indices.refresh(index=settings.company_verdicts_index)
+    hits = es.search(index=settings.company_verdicts_index, version=True, size=10)["hits"]["hits"]
+    flat = {h["_id"]: (h["_source"]["sentiment"], h["_source"]["verdict_from"]) for h in hits}
+    assert flat == {
+        "mixed-1:NVDA": ("bullish", "entity_head"),
+        "mixed-1:F": ("bearish", "entity_head"),
+    }
+    assert [h["_version"] for h in hits] == [1, 1]
     assert nested_count("F", "bearish") == 1
     assert nested_count("NVDA", "bearish") == 0
     result = run_query(es, settings.items_index, TickersParams.model_validate({"since": "1d"}))

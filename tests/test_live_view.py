@@ -44,11 +44,24 @@ DOCS: list[tuple[int, list[str], str, str, str]] = [
     (7200, ["AAA"], "bullish", "sent-v1", "AAA old news"),
     (7201, [], "bearish", "sent-v1", "Stocks slide as yields climb"),
 ]
+# Per-company verdicts that differ from the item's, and the evidence of a chunked text.
+OWN_VERDICTS = {7: {"BBB": "bullish"}}
+EVIDENCE = {3: "Analysts cut AAA to sell as orders dry up"}
 
 
 def _doc(i: int, ago: int, tickers: list[str], sentiment: str, model: str, text: str) -> dict:
     scored = NOW - timedelta(seconds=ago)
-    item = crafted_item(f"doc-{i}", scored, sentiment, tickers, text=text, model_version=model)
+    item = crafted_item(
+        f"doc-{i}",
+        scored,
+        sentiment,
+        tickers,
+        text=text,
+        model_version=model,
+        company_sentiment=OWN_VERDICTS.get(i),
+    )
+    if i in EVIDENCE:
+        item = item.model_copy(update={"evidence": EVIDENCE[i], "chunks": 3})
     return item.model_dump(mode="json")
 
 
@@ -106,6 +119,12 @@ def test_snapshot_numbers(es: Elasticsearch, indices: tuple[str, str]) -> None:
         "AAA downgraded to sell",
     ]
     assert len(snapshot.newest_negative) == 7
+    both = next(n for n in snapshot.newest_negative if n.text == "AAA and BBB both slide")
+    assert [(c.ticker, c.sentiment) for c in both.companies] == [
+        ("AAA", "bearish"),
+        ("BBB", "bullish"),
+    ]
+    assert [n.evidence for n in snapshot.newest_negative if n.evidence] == [EVIDENCE[3]]
     assert snapshot.model_versions == ["sent-v2", "sent-v1"]
     assert snapshot.dead_letters is None
     assert snapshot.error is None
@@ -119,6 +138,8 @@ def test_snapshot_numbers(es: Elasticsearch, indices: tuple[str, str]) -> None:
         "55.6%",
         "22.2%",
         "AAA recalls widgets over a wiring fault",
+        "AAA▼ BBB▲",  # each company with its own verdict
+        f"» {EVIDENCE[3]}",  # a chunked text shows its most negative chunk
         "80%",
         "40%",
         "sent-v2, sent-v1",
@@ -175,6 +196,28 @@ def test_empty_responses_render_zeros() -> None:
     assert "Elasticsearch: down" in text and "0.0 items/s" in text
 
 
+def test_company_verdicts_and_evidence_from_the_indexed_source() -> None:
+    hit = {
+        "scored_at": None,
+        "tickers": ["AAPL", "MSFT", "ODD"],
+        "companies": [
+            {"ticker": "AAPL", "sentiment": "bullish"},
+            {"ticker": "MSFT", "sentiment": "bearish"},
+            {"ticker": "ODD"},  # no verdict: left out
+        ],
+        "text": "Apple and Microsoft ...",
+        "evidence": "Microsoft " + "warns " * 50,
+    }
+    snapshot = build_snapshot({}, {"hits": {"hits": [{"_source": hit}]}}, None, taken_at=NOW)
+    [item] = snapshot.newest_negative
+    assert [(c.ticker, c.sentiment) for c in item.companies] == [
+        ("AAPL", "bullish"),
+        ("MSFT", "bearish"),
+    ]
+    assert item.evidence is not None and len(item.evidence) == 140
+    assert item.evidence.startswith("Microsoft warns") and item.evidence.endswith("…")
+
+
 def test_long_texts_are_truncated() -> None:
     negatives = {
         "hits": {
@@ -192,7 +235,13 @@ def test_long_texts_are_truncated() -> None:
 
 def _full_snapshot() -> LiveSnapshot:
     from finsentry.models.registry import TrainingStatus
-    from finsentry.streams.live_view import AlertRow, NegativeItem, SourceRow, TickerStat
+    from finsentry.streams.live_view import (
+        AlertRow,
+        CompanyVerdict,
+        NegativeItem,
+        SourceRow,
+        TickerStat,
+    )
 
     return LiveSnapshot(
         taken_at=NOW,
@@ -202,7 +251,18 @@ def _full_snapshot() -> LiveSnapshot:
         count_1m=9000,
         top_negative=[TickerStat(ticker=f"T{i}", total=50, negative=40 - i) for i in range(8)],
         newest_negative=[
-            NegativeItem(scored_at=NOW, tickers=["T1"], text="word " * 60) for _ in range(8)
+            NegativeItem(
+                scored_at=NOW,
+                tickers=["AAPL", "MSFT", "NVDA"],
+                companies=[
+                    CompanyVerdict(ticker="AAPL", sentiment="bullish"),
+                    CompanyVerdict(ticker="MSFT", sentiment="bearish"),
+                    CompanyVerdict(ticker="NVDA", sentiment="neutral"),
+                ],
+                text="word " * 60,
+                evidence="MSFT warns on cloud margins " + "word " * 40 if i % 2 else None,
+            )
+            for i in range(8)
         ],
         model_versions=["bootstrap-tfidf-0123456789ab"],
         dead_letters=3,
@@ -245,7 +305,15 @@ def test_a_full_view_fits_40_lines_and_shows_the_model_life_cycle(width: int) ->
     lines = _lines(_full_snapshot(), 40, width)
     assert len(lines) <= 40
     text = "\n".join(lines)
-    for expected in ("bootstrap-tfidf", "31%", "1,234/3,984", "ETA 31 min", "newest alerts"):
+    for expected in (
+        "bootstrap-tfidf",
+        "31%",
+        "1,234/3,984",
+        "ETA 31 min",
+        "newest alerts",
+        "AAPL▲ MSFT▼ NVDA·",
+        "» MSFT warns on cloud",
+    ):
         assert expected in text, expected
     assert "T4" in text and "sources" in text and "error:http_503" in text  # worst first
 

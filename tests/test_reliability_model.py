@@ -23,14 +23,20 @@ from finsentry.models.runtime import ArtifactScorer
 from finsentry.settings import Settings
 from finsentry.streams.batch_processor import score_isolating_failures
 from tests.conftest import unique_settings
+from tests.support.counting import Tally, deliveries, write_counts
 from tests.support.outcomes import record
-from tests.support.streams import count, documents, index_ids
+from tests.support.streams import committed_offsets, count, documents, index_ids, kafka_admin
 from tests.support.worker_process import WorkerProcess, wait_until
 
 AREA = "model failure"
 SHORT = 60
 LONG_AT = (5, 20, 33, 50)
 LONG_TEXT = " ".join(f"revenue{i % 50} grows" for i in range(400))  # ~1200 tokens
+
+
+def _committed(settings: Settings) -> dict[int, int]:
+    with kafka_admin(settings) as admin:
+        return committed_offsets(admin, settings.app_id, settings.topic_raw)
 
 
 def _over_long_artifact(tiny: Path, folder: Path) -> Path:
@@ -74,6 +80,12 @@ def test_a_batch_the_model_fails_on_is_split_and_only_the_bad_items_dead_lettere
             "short items indexed and long ones dead-lettered",
             worker,
         )
+        wait_until(
+            lambda: sum(_committed(settings).values()) >= SHORT + len(LONG_AT),
+            60,
+            "every offset committed (so every scored item published)",
+            worker,
+        )
         assert worker.proc.poll() is None
     finally:
         worker.terminate()
@@ -81,6 +93,12 @@ def test_a_batch_the_model_fails_on_is_split_and_only_the_bad_items_dead_lettere
         indexed = index_ids(es, settings.items_index)
         letters = documents(es, settings.dead_letters_index)
         log = worker.log_text()
+        tally = Tally(
+            short_ids,
+            write_counts(es, settings.items_index),
+            deliveries(settings, settings.topic_scored),
+            set(),
+        )
     finally:
         for index in (settings.items_index, settings.dead_letters_index):
             es.options(ignore_status=404).indices.delete(index=index)
@@ -100,8 +118,17 @@ def test_a_batch_the_model_fails_on_is_split_and_only_the_bad_items_dead_lettere
         f"{splits} batch split(s) logged; reason: {sorted(reasons)[0] if reasons else '-'}",
         all_scored and isolated and splits > 0,
     )
+    record(
+        AREA,
+        "writes counted per item while batches are split (document _version, scored-topic "
+        "messages)",
+        "bisection re-scores, never re-writes: each short item indexed once, delivered once",
+        tally.describe(),
+        tally.complete and tally.bounded,
+    )
     assert all_scored
     assert isolated, letters
+    assert tally.complete and tally.bounded, tally.problems()
     assert all("RuntimeError" in r and "size of tensor" in r for r in reasons), reasons
     assert splits > 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from finsentry.messages import DeadLetter, NewsItem
 from finsentry.settings import Settings
 from finsentry.streams.parser import ParseError, parse_raw
 from tests.conftest import unique_settings
+from tests.support.counting import deliveries, write_counts
 from tests.support.outcomes import record
 from tests.support.poison import MiB, Poison, final_valid, poison_cases
 from tests.support.streams import documents, kafka_admin
@@ -100,13 +102,24 @@ def test_a_10mb_message_is_refused_at_produce_time_with_default_limits(services:
 # --- the worker: every poison, one batch each ---------------------------------------------------
 
 
+# What the worker logs today when it retries: a batch that raised (streams/app.py, before
+# it splits the batch), a publish to Kafka that failed, a bulk write Elasticsearch refused.
+RETRY_LOGGED = re.compile(
+    r"batch of \d+ failed \(attempt \d+\)"
+    r"|publishing a batch failed; retrying"
+    r"|retrying \d+ documents in"
+)
+
+
 def _last_failure(log: str) -> str:
-    """The exception of the last 'batch ... failed; retrying' record in a worker log."""
-    start = log.rfind("failed; retrying")
-    if start < 0:
+    """The last retry the worker logged: its line, and the exception a traceback ends with."""
+    found = list(RETRY_LOGGED.finditer(log))
+    if not found:
         return "no failure logged"
-    summary = "?"
-    for line in log[start:].splitlines()[1:]:
+    start = found[-1].start()
+    lines = log[start:].splitlines()
+    summary = lines[0]
+    for line in lines[1:]:
         if line.startswith("[20"):
             break
         if (
@@ -119,7 +132,7 @@ def _last_failure(log: str) -> str:
 
 
 def _failures(worker: WorkerProcess) -> int:
-    return worker.log_text().count("failed; retrying")
+    return len(RETRY_LOGGED.findall(worker.log_text()))
 
 
 class Outputs:
@@ -263,9 +276,13 @@ def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = unique_settings(
-        services, max_batch=1, max_wait=0.05, bulk_initial_backoff=0.2, bulk_max_backoff=1.0
+        services,
+        max_batch=1,
+        max_wait=0.05,
+        bulk_initial_backoff=0.2,
+        bulk_max_backoff=1.0,
+        topic_partitions=1,
     )
-    monkeypatch.setenv("FINSENTRY_TOPIC_PARTITIONS", "1")
     cases = poison_cases(settings.max_text_chars)
     with kafka_admin(settings) as admin:
         one_partition = {"num_partitions": 1, "replication_factor": 1}
@@ -303,6 +320,8 @@ def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
         ids = [c.item_id for c in cases if c.item_id] + [final_id]
         found = es.mget(index=settings.items_index, ids=ids)["docs"]
         items = {d["_id"]: d["_source"] for d in found if d.get("found")}
+        writes = write_counts(es, settings.items_index)
+        delivered = deliveries(settings, settings.topic_scored)
     finally:
         if outputs is not None:
             outputs.close()
@@ -345,6 +364,23 @@ def test_every_poison_is_scored_or_dead_lettered_and_the_worker_keeps_going(
         f"({', '.join(cases[o].name for o in sorted(stalled)) or 'none'})",
         not stalls,
     )
+    # Each message that was not dead-lettered is one write and one scored message, no more
+    # (max_batch 1, no fault: nothing may be processed twice; p-same-id comes twice).
+    expected_writes = Counter(
+        [c.item_id for o, c in enumerate(cases) if c.item_id and o not in letters] + [final_id]
+    )
+    counted = writes == dict(expected_writes) and delivered == expected_writes
+    twice = sorted(i for i, n in writes.items() if n > expected_writes[i])
+    record(
+        AREA,
+        "writes and deliveries counted per item (document _version, scored-topic messages)",
+        "one write and one scored message per valid message: nothing processed twice",
+        f"{sum(writes.values())} writes and {sum(delivered.values())} scored messages for "
+        f"{sum(expected_writes.values())} valid messages ({len(writes)} ids); written more "
+        f"often than sent: {twice or 'none'}",
+        counted,
+    )
+    assert counted, (writes, delivered, expected_writes)
     failed = [f"{name}: {observed}" for name, ok, observed in results if not ok]
     assert not failed, "poison not handled:\n" + "\n".join(failed)
     assert final_ok and not stalls

@@ -9,6 +9,7 @@ CLI and API. The HTTP API's token and rate limit are tested in tests/test_querie
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -27,7 +28,18 @@ from kafka import KafkaProducer
 from pydantic import SecretStr
 
 from finsentry.es_client import describe_es_client, es_client_options, make_es_client
-from finsentry.settings import Settings
+from finsentry.services.kafka import (
+    BROKER_USER,
+    SaslConfig,
+    local_protocol,
+    same_credentials,
+    sasl_properties,
+    scram_fingerprint,
+    server_properties,
+)
+from finsentry.services.process import ServiceError
+from finsentry.services.tls import make_server_tls, needs_new_certificate, server_tls_files
+from finsentry.settings import Settings, local_kafka_ca_file
 from finsentry.streams.app import broker_credentials
 from finsentry.streams.worker import wait_for_elasticsearch
 from tests.conftest import unique_settings
@@ -477,3 +489,141 @@ def test_an_api_key_wins_over_basic_auth_and_is_never_described() -> None:
         ok,
     )
     assert ok
+
+
+# --- the local SASL_SSL broker's configuration (services/kafka.py), unit --------------------
+
+
+def _sasl_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "state_dir": tmp_path,
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": "finsentry",
+        "kafka_sasl_password": SecretStr("pw-5"),
+    }
+    return Settings(**{**values, **overrides})
+
+
+def test_clients_of_the_local_sasl_broker_trust_its_ca(tmp_path: Path) -> None:
+    local = _sasl_settings(tmp_path)
+    assert local.kafka_ssl_cafile == local_kafka_ca_file(tmp_path)
+    assert local.kafka_client_options()["ssl_cafile"] == str(tmp_path / "kafka/tls/ca.crt")
+    external = _sasl_settings(tmp_path, manage_services=False)
+    assert external.kafka_ssl_cafile is None  # an external broker: its CA is configured
+    assert _sasl_settings(tmp_path, kafka_security_protocol="PLAINTEXT").kafka_ssl_cafile is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kafka_security_protocol": "SSL"}, "serves PLAINTEXT or SASL_SSL"),
+        ({"kafka_sasl_mechanism": None}, "FINSENTRY_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"),
+        ({"kafka_sasl_mechanism": "PLAIN"}, "(it is PLAIN)"),
+        ({"kafka_sasl_username": None}, "needs FINSENTRY_KAFKA_SASL_USERNAME"),
+        ({"kafka_sasl_username": "a b"}, "needs FINSENTRY_KAFKA_SASL_USERNAME"),
+        ({"kafka_sasl_password": None}, "needs FINSENTRY_KAFKA_SASL_PASSWORD"),
+        ({"kafka_sasl_password": SecretStr('p"w')}, "must not contain a double quote"),
+    ],
+)
+def test_the_local_broker_refuses_settings_it_cannot_serve(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ServiceError) as refused:
+        local_protocol(_sasl_settings(tmp_path, **overrides))
+    assert message in str(refused.value)
+    assert "pw-5" not in str(refused.value)
+
+
+def test_sasl_server_properties(tmp_path: Path) -> None:
+    settings = _sasl_settings(tmp_path, kafka_port=19092, kafka_controller_port=19093)
+    tls = server_tls_files(tmp_path / "tls")
+    text = server_properties(settings, tmp_path / "data", SaslConfig(tls, "broker-pw-6"))
+    values = dict(line.split("=", 1) for line in text.splitlines())
+    assert values["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert values["advertised.listeners"] == "SASL_SSL://localhost:19092"
+    assert values["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert values["inter.broker.listener.name"] == "SASL_SSL"
+    assert values["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert values["ssl.keystore.location"] == str(tls.keystore)
+    jaas = values["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert f'username="{BROKER_USER}" password="broker-pw-6";' in jaas
+    plain = dict(line.split("=", 1) for line in server_properties(settings, tmp_path).splitlines())
+    assert plain["listeners"].startswith("PLAINTEXT://") and "sasl.enabled.mechanisms" not in plain
+
+
+def test_a_changed_client_password_is_noticed(tmp_path: Path) -> None:
+    fingerprint = scram_fingerprint("finsentry", "pw-7", b"\x01" * 16)
+    assert "pw-7" not in fingerprint
+    assert same_credentials(fingerprint, "finsentry", "pw-7")
+    assert not same_credentials(fingerprint, "finsentry", "pw-8")
+    assert not same_credentials(fingerprint, "other", "pw-7")
+
+
+def test_the_broker_certificate_is_renewed_before_it_expires(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    files = make_server_tls(tmp_path, ("kafka", "127.0.0.1"), days=30)
+    certificate = x509.load_pem_x509_certificates(files.keystore.read_bytes())[0]
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["kafka"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert files.keystore.stat().st_mode & 0o777 == 0o600
+    assert b"PRIVATE KEY" in files.keystore.read_bytes()
+    assert b"PRIVATE KEY" not in files.ca_cert.read_bytes()
+    now = dt.datetime.now(dt.UTC)
+    assert not needs_new_certificate(files, now)
+    assert needs_new_certificate(files, now + dt.timedelta(days=24))
+    assert needs_new_certificate(server_tls_files(tmp_path / "absent"), now)
+
+
+def _image_properties(environment: dict[str, Any]) -> dict[str, str]:
+    """apache/kafka's KAFKA_* variables as server.properties keys (`___` -, `__` _, `_` .)."""
+    properties = {}
+    for name, value in environment.items():
+        if name.startswith("KAFKA_"):
+            key = name.removeprefix("KAFKA_").lower()
+            key = key.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
+            properties[key] = str(value)
+    return properties
+
+
+def test_compose_sasl_override_agrees_with_the_local_broker(tmp_path: Path) -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "docker-compose.sasl.yml").read_text())["services"]
+    base = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    image = _image_properties(compose["kafka"]["environment"])
+    local = sasl_properties(SaslConfig(server_tls_files(tmp_path), "x"), listener="INTERNAL")
+    same = ("sasl.enabled.mechanisms", "sasl.mechanism.inter.broker.protocol",
+            "ssl.keystore.type", "ssl.truststore.type", "ssl.client.auth",
+            "ssl.endpoint.identification.algorithm")  # fmt: skip
+    assert {k: image[k] for k in same} == {k: local[k] for k in same}
+    inter_broker = base["kafka"]["environment"]["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    jaas_key = f"listener.name.{inter_broker.lower()}.scram-sha-512.sasl.jaas.config"
+    assert f'username="{BROKER_USER}"' in image[jaas_key]
+    protocols = dict(p.split(":") for p in image["listener.security.protocol.map"].split(","))
+    listeners = [
+        u.split(":")[0] for u in base["kafka"]["environment"]["KAFKA_LISTENERS"].split(",")
+    ]
+    assert {protocols[n] for n in listeners if n != "CONTROLLER"} == {"SASL_SSL"}
+    assert protocols["CONTROLLER"] == "PLAINTEXT"
+    for app in ("worker", "alerter", "api"):
+        env = {**base[app]["environment"], **compose[app]["environment"]}
+        settings = Settings(
+            state_dir=tmp_path,
+            manage_services=False,
+            kafka_security_protocol=env["FINSENTRY_KAFKA_SECURITY_PROTOCOL"],
+            kafka_sasl_mechanism=env["FINSENTRY_KAFKA_SASL_MECHANISM"],
+            kafka_sasl_username=env["FINSENTRY_KAFKA_SASL_USERNAME"],
+            kafka_sasl_password=SecretStr("from-the-environment"),
+        )
+        assert local_protocol(settings) == "SASL_SSL", app
+        assert (
+            env["FINSENTRY_KAFKA_SASL_PASSWORD"]
+            == "${KAFKA_SASL_PASSWORD:?set KAFKA_SASL_PASSWORD}"
+        )
+        assert env["FINSENTRY_KAFKA_SSL_CAFILE"].endswith("/ca.crt")
+    text = (root / "docker-compose.sasl.yml").read_text()
+    assert "--add-scram" in text and "name=finsentry," in text and f"name={BROKER_USER}," in text

@@ -23,7 +23,7 @@ from finsentry.index.rescore import (
     rescore,
     selection_query,
 )
-from finsentry.index.template import apply_items_template
+from finsentry.index.template import apply_company_verdicts_template, apply_items_template
 from finsentry.models.registry import promote
 from finsentry.models.scorer import load_scorer
 from finsentry.settings import Settings
@@ -157,14 +157,28 @@ def test_rescore_time_range_and_a_concurrent_rewrite(
         until=NOW - timedelta(seconds=120),
     )
     scorer = RewritingScorer(inner, es, settings.items_index, "r0100")
+    apply_company_verdicts_template(es, settings.company_verdicts_index)
     result = rescore(
-        es, scorer, query, checkpoint_path=tmp_path / "cp.json", batch=50, progress=False
+        es,
+        scorer,
+        query,
+        checkpoint_path=tmp_path / "cp.json",
+        batch=50,
+        progress=False,
+        verdicts_index=settings.company_verdicts_index,
     )
     assert (result.selected, result.updated, result.conflicts) == (100, 99, 1)
     docs = _docs(es, settings.items_index)
     rescored = sorted(i for i, d in docs.items() if d["model_version"] == inner.version)
     assert rescored == [f"r{i:04d}" for i in range(101, 200)]
     assert docs["r0100"]["text"] == "rewritten" and docs["r0100"]["model_version"] == "v-old"
+    # The flat per-company verdicts of the re-scored items (every third names AAPL) follow
+    # them, written once each; the item the worker re-wrote meanwhile is left to the worker.
+    verdicts = _docs(es, settings.company_verdicts_index)
+    assert sorted(verdicts) == [f"r{i:04d}:AAPL" for i in range(101, 200) if i % 3 == 0]
+    assert {(v["model_version"], v["_version"]) for v in verdicts.values()} == {(inner.version, 1)}
+    for doc_id, verdict in verdicts.items():
+        assert verdict["scored_at"] == docs[doc_id.split(":")[0]]["scored_at"]
 
 
 def test_selection_and_time_parsing() -> None:

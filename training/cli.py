@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from finsentry.settings import Settings
+from finsentry.training.retrain_cli import retrain as retrain_command
 
 
 class TaskOption(StrEnum):
@@ -392,3 +393,4 @@ def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.command()(export)
     app.command()(distill)
+    app.command("retrain")(retrain_command)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,6 +244,7 @@ def rescore_bootstrap_items(
                 checkpoint_path=checkpoint_file(settings.state_dir, query, scorer.version),
                 batch=settings.rescore_batch,
                 max_rate=settings.rescore_max_rate,
+                verdicts_index=settings.company_verdicts_index,
             )
             total += result.updated
         return total
@@ -299,16 +298,3 @@ def ensure_default_artifact(settings: Settings, progress: bool = True) -> Path:
         except ArtifactError:
             pass
     return train_default(settings, progress=progress, rescore_items=False)
-
-
-def start_background_training(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """`finsentry models train-default` in a child process at a lower CPU priority (the
-    worker comes first), its output in `log_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        return subprocess.Popen(
-            [sys.executable, "-m", "finsentry", "models", "train-default"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.nice(5),
-        )

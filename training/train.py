@@ -7,7 +7,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +152,12 @@ def run_training(
     model_name: str = "fine-tuned",
     notes: str = "",
     data: Mapping[str, TaskData] | None = None,
+    extra: Examples | None = None,
 ) -> Path:
-    """Train, evaluate on the held-out test split, and write an artifact; returns its folder."""
+    """Train, evaluate on the held-out test split, and write an artifact; returns its folder.
+
+    `extra` examples (preprocessed, label ids in `data`'s order) join the training set only:
+    re-training adds analysts' labels this way (training/retrain.py)."""
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
@@ -185,6 +189,8 @@ def run_training(
                 config.derived_entity_weight,
             )
         parts.append(news_examples(news, config))
+    if extra is not None:
+        parts.append(extra if news is not None else replace(extra, entities=None))
     train = Examples.concat(parts, tasks)
     if teacher is not None:
         train.soft = {t: np.asarray(p, np.float32) for t, p in teacher(train.texts).items()}

@@ -71,3 +71,27 @@ class Feed(threading.Thread):
             self.error = exc
         finally:
             producer.close(timeout=10)
+
+
+def send_all(settings: Settings, total: int, prefix: str) -> dict[tuple[int, int], str]:
+    """Put `total` items on the raw topic at once; returns (partition, offset) -> item id."""
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        acks="all",
+        linger_ms=5,
+        **settings.kafka_client_options(),
+    )
+    try:
+        sent = {}
+        for i in range(total):
+            item_id = f"{prefix}{i}"
+            value = json.dumps({"id": item_id, "text": f"$MSFT item {i}: shares move"}).encode()
+            sent[item_id] = producer.send(settings.topic_raw, key=item_id.encode(), value=value)
+        producer.flush()
+        placed = {}
+        for item_id, future in sent.items():
+            meta = future.get(timeout=30)
+            placed[(meta.partition, meta.offset)] = item_id
+        return placed
+    finally:
+        producer.close(timeout=10)

@@ -14,9 +14,11 @@ from finsentry.settings import Settings
 
 _FORWARDED = (
     "app_id", "topic_raw", "topic_scored", "topic_dead_letters", "topic_alerts",
-    "items_index", "alerts_index", "dead_letters_index", "kafka_bootstrap", "es_url",
+    "items_index", "company_verdicts_index", "alerts_index", "dead_letters_index",
+    "kafka_bootstrap", "es_url",
     "max_batch", "max_wait", "max_text_chars", "bulk_initial_backoff", "bulk_max_backoff",
-    "metrics_port",
+    "metrics_port", "kafka_session_timeout", "topic_partitions",
+    "drift_index", "drift_metrics_port",
 )  # fmt: skip
 
 
@@ -33,11 +35,19 @@ def settings_env(settings: Settings, model_path: Path) -> dict[str, str]:
 class WorkerProcess:
     """A worker child process with its log in a file; stop it with `kill` or `terminate`."""
 
-    def __init__(self, settings: Settings, model_path: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        model_path: Path,
+        log_path: Path,
+        loglevel: str = "WARNING",
+        command: list[str] | None = None,
+    ) -> None:
+        """`command` (python arguments) replaces `-m finsentry worker --loglevel LEVEL`."""
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "finsentry", "worker", "--loglevel", "WARNING"],
+            [sys.executable, *(command or ["-m", "finsentry", "worker", "--loglevel", loglevel])],
             env=settings_env(settings, model_path),
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,1 @@
+"""Analyst feedback: corrected labels on scored items, stored beside the model's answer."""
