@@ -76,10 +76,18 @@ class Verdict:
 
 
 def judge(
-    samples: list[Sample], warmup: float, sent: int, indexed: int, max_growth: float, max_lag: int
+    samples: list[Sample],
+    warmup: float,
+    sent: int,
+    indexed: int,
+    max_growth: float,
+    max_lag: int,
+    dead_lettered: int = 0,
 ) -> Verdict:
     """Pure: the verdict on the samples taken after `warmup` seconds (at least the last).
-    Items still in Kafka at the end (the last sample's lag) are undrained, not lost."""
+    Items still in Kafka at the end (the last sample's lag) are undrained, not lost; dataset
+    rows the parser refuses (e.g. a text of emoji only) are dead-lettered with a reason, not
+    lost."""
     steady = [s for s in samples if s.seconds >= warmup] or samples[-1:]
     warm = steady[0].rss_mib
     peak = max(s.rss_mib for s in steady)
@@ -90,7 +98,7 @@ def judge(
         rss_max_mib=peak,
         growth=growth,
         max_lag=lag,
-        lost=max(0, sent - indexed - samples[-1].lag),
+        lost=max(0, sent - indexed - dead_lettered - samples[-1].lag),
         undrained=samples[-1].lag,
         memory_ok=growth <= max_growth,
         lag_ok=lag <= max_lag,
@@ -238,11 +246,12 @@ def main() -> None:
             elapsed = time.monotonic() - started
             lag = consumer_lag(admin, tag, settings.topic_raw, settings.topic_partitions)
             indexed = indexed_count(es, settings.items_index) - 1  # less the warm-up item
+            dead = indexed_count(es, settings.dead_letters_index)
             samples.append(Sample(elapsed, sender.sent, indexed, lag, rss_mib(worker.pid)))
             if elapsed >= args.duration and not sender.stop.is_set():
                 sender.stop.set()
                 sender.join()
-            done = sender.stop.is_set() and indexed >= sender.sent and lag == 0
+            done = sender.stop.is_set() and indexed + dead >= sender.sent and lag == 0
             if done or elapsed > args.duration + args.drain_timeout:
                 break
     finally:
@@ -251,7 +260,9 @@ def main() -> None:
         worker.wait(timeout=60)
         admin.close()
 
-    verdict = judge(samples, warmup, sender.sent, samples[-1].indexed, args.max_growth, max_lag)
+    verdict = judge(
+        samples, warmup, sender.sent, samples[-1].indexed, args.max_growth, max_lag, dead
+    )
     print_report(console, samples, verdict, args, (warmup, max_lag), (sender.sent, sender.failed))
     for index in (
         settings.items_index,
@@ -306,7 +317,7 @@ def print_report(
         "yes" if verdict.undrained == 0 else "NO",
     )
     summary.add_row(
-        "lost (sent - indexed - still in Kafka)",
+        "lost (sent - indexed - dead letters - still in Kafka)",
         "0",
         f"{verdict.lost} (sent {sent[0]}, send failures {sent[1]})",
         "yes" if verdict.lost == 0 else "NO",
