@@ -28,6 +28,7 @@ from finsentry.alerts.email import send as send_email
 from finsentry.alerts.rules import NEGATIVE, company_verdicts
 from finsentry.alerts.stories import StoryTracker, story_text
 from finsentry.alerts.watchlists import Watchlist
+from finsentry.index.date_range import date_range_filters
 from finsentry.messages import ScoredItem
 from finsentry.settings import Settings
 
@@ -262,7 +263,7 @@ def fetch_items(
         "bool": {
             "filter": [
                 {"terms": {"tickers": list(tickers)}},
-                {"range": {"scored_at": {"gte": since.isoformat(), "lt": until.isoformat()}}},
+                *date_range_filters("scored_at", since, until),
             ]
         }
     }

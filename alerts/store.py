@@ -15,6 +15,7 @@ from elasticsearch import AsyncElasticsearch, BadRequestError, Elasticsearch, No
 from pydantic import BaseModel, ConfigDict, Field
 
 from finsentry.alerts.rules import summary
+from finsentry.index.date_range import date_range_filters
 from finsentry.messages import Alert
 from finsentry.queries.params import IsoDateTime
 
@@ -162,13 +163,7 @@ class AlertFilter(BaseModel):
             )
         if self.rule:
             filters.append({"term": {"rule": self.rule}})
-        window: dict[str, str] = {}
-        if self.since:
-            window["gte"] = self.since.isoformat()
-        if self.until:
-            window["lt"] = self.until.isoformat()
-        if window:
-            filters.append({"range": {"window_end": window}})
+        filters.extend(date_range_filters("window_end", self.since, self.until))
         if self.acknowledged is not None:
             if self.acknowledged:
                 filters.append({"term": {"acknowledged": True}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 dashboards_app = typer.Typer(help="Grafana as code: provisioning files and API push.")
 
+# Options several commands share.
+RulesFile = Annotated[Path, typer.Option(help="AlertRules YAML/JSON (default: settings).")]
+EsUrl = Annotated[str, typer.Option(help="Elasticsearch URL as Grafana sees it.")]
+
 
 def _config(settings: Settings, rules_file: Path | None, es_url: str | None) -> GrafanaConfig:
     from finsentry.alerts.rules import load_rules
@@ -26,18 +30,25 @@ def _config(settings: Settings, rules_file: Path | None, es_url: str | None) -> 
     return GrafanaConfig.from_settings(settings, rules, es_url=es_url)
 
 
+def _tree(settings: Settings, rules_file: Path | None, es_url: str | None) -> dict[str, str]:
+    """The provisioning tree as the code renders it now."""
+    from finsentry.dashboards.provisioning import render_tree
+
+    return render_tree(_config(settings, rules_file, es_url))
+
+
 @dashboards_app.command("generate")
 def generate(
     ctx: typer.Context,
     out: Path = typer.Option(None, help="Tree to write (default: dashboards/provisioning)."),
-    rules_file: Path = typer.Option(None, help="AlertRules YAML/JSON (default: settings)."),
-    es_url: str = typer.Option(None, help="Elasticsearch URL as Grafana sees it."),
+    rules_file: RulesFile = None,
+    es_url: EsUrl = None,
 ) -> None:
     """Write the Grafana provisioning tree (datasources, dashboards, alerting)."""
-    from finsentry.dashboards.provisioning import DEFAULT_ROOT, render_tree, write_tree
+    from finsentry.dashboards.provisioning import DEFAULT_ROOT, write_tree
 
     root = out or DEFAULT_ROOT
-    changed = write_tree(root, render_tree(_config(ctx.obj, rules_file, es_url)))
+    changed = write_tree(root, _tree(ctx.obj, rules_file, es_url))
     for path in changed:
         typer.echo(f"wrote {root / path}")
     typer.echo(f"{len(changed)} file(s) changed under {root}")
@@ -47,13 +58,13 @@ def generate(
 def check(
     ctx: typer.Context,
     out: Path = typer.Option(None, help="Tree to compare (default: dashboards/provisioning)."),
-    rules_file: Path = typer.Option(None, help="AlertRules YAML/JSON (default: settings)."),
-    es_url: str = typer.Option(None, help="Elasticsearch URL as Grafana sees it."),
+    rules_file: RulesFile = None,
+    es_url: EsUrl = None,
 ) -> None:
     """Exit 1 when the provisioning tree is stale against the code."""
-    from finsentry.dashboards.provisioning import DEFAULT_ROOT, render_tree, stale_files
+    from finsentry.dashboards.provisioning import DEFAULT_ROOT, stale_files
 
-    stale = stale_files(out or DEFAULT_ROOT, render_tree(_config(ctx.obj, rules_file, es_url)))
+    stale = stale_files(out or DEFAULT_ROOT, _tree(ctx.obj, rules_file, es_url))
     for path in stale:
         typer.echo(f"stale: {path}")
     raise typer.Exit(1 if stale else 0)
@@ -64,8 +75,8 @@ def push_command(
     ctx: typer.Context,
     url: str = typer.Option(None, help="Grafana URL (default: FINSENTRY_GRAFANA_URL)."),
     token: str = typer.Option(None, help="Service account token (default: settings)."),
-    rules_file: Path = typer.Option(None, help="AlertRules YAML/JSON (default: settings)."),
-    es_url: str = typer.Option(None, help="Elasticsearch URL as Grafana sees it."),
+    rules_file: RulesFile = None,
+    es_url: EsUrl = None,
 ) -> None:
     """Upsert datasources, dashboards and alerting in a running Grafana."""
     from grafana_client import GrafanaApi
@@ -86,7 +97,7 @@ def push_command(
 
 def alerter(
     ctx: typer.Context,
-    rules_file: Path = typer.Option(None, help="AlertRules YAML/JSON (default: settings)."),
+    rules_file: RulesFile = None,
     loglevel: str = typer.Option("info", help="debug | info | warning | error"),
 ) -> None:
     """Run the stream alerter (Faust app `<app_id>-alerts`) until interrupted."""

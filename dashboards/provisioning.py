@@ -71,49 +71,35 @@ def _datasource(
 
 
 def datasources(cfg: GrafanaConfig) -> list[dict[str, Any]]:
-    """Items (default), per-company verdicts, alerts (annotations) and dead letters, all on
-    Elasticsearch."""
+    """Items (default), per-company verdicts, alerts (annotations), dead letters and drift,
+    all on Elasticsearch."""
+    indices = [
+        (ITEMS_DS_UID, "finsentry items", cfg.items_index, ITEMS_TIME_FIELD),
+        (
+            VERDICTS_DS_UID,
+            "finsentry company verdicts",
+            cfg.company_verdicts_index,
+            ITEMS_TIME_FIELD,
+        ),
+        (ALERTS_DS_UID, "finsentry alerts", cfg.alerts_index, ALERTS_TIME_FIELD),
+        (
+            DEAD_LETTERS_DS_UID,
+            "finsentry dead letters",
+            cfg.dead_letters_index,
+            DEAD_LETTERS_TIME_FIELD,
+        ),
+        (DRIFT_DS_UID, "finsentry drift", cfg.drift_index, DRIFT_TIME_FIELD),
+    ]
     return [
         _datasource(
             cfg,
-            uid=ITEMS_DS_UID,
-            name="finsentry items",
-            index=cfg.items_index,
-            time_field=ITEMS_TIME_FIELD,
-            default=True,
-        ),
-        _datasource(
-            cfg,
-            uid=VERDICTS_DS_UID,
-            name="finsentry company verdicts",
-            index=cfg.company_verdicts_index,
-            time_field=ITEMS_TIME_FIELD,
-            default=False,
-        ),
-        _datasource(
-            cfg,
-            uid=ALERTS_DS_UID,
-            name="finsentry alerts",
-            index=cfg.alerts_index,
-            time_field=ALERTS_TIME_FIELD,
-            default=False,
-        ),
-        _datasource(
-            cfg,
-            uid=DEAD_LETTERS_DS_UID,
-            name="finsentry dead letters",
-            index=cfg.dead_letters_index,
-            time_field=DEAD_LETTERS_TIME_FIELD,
-            default=False,
-        ),
-        _datasource(
-            cfg,
-            uid=DRIFT_DS_UID,
-            name="finsentry drift",
-            index=cfg.drift_index,
-            time_field=DRIFT_TIME_FIELD,
-            default=False,
-        ),
+            uid=uid,
+            name=name,
+            index=index,
+            time_field=time_field,
+            default=uid == ITEMS_DS_UID,
+        )
+        for uid, name, index, time_field in indices
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from grafana_client import GrafanaApi
@@ -62,6 +63,17 @@ def _exists(get: Callable[[], Any]) -> bool:
     return True
 
 
+def _upsert(
+    kind: str, uid: str, exists: bool, update: Callable[[], Any], create: Callable[[], Any]
+) -> Pushed:
+    """Update the object when Grafana has it, else create it."""
+    if exists:
+        update()
+        return Pushed(kind, uid, "updated")
+    create()
+    return Pushed(kind, uid, "created")
+
+
 def push(api: GrafanaApi, cfg: GrafanaConfig, env: Mapping[str, str]) -> list[Pushed]:
     """Upsert folder, datasources, dashboards, alert rules (and their group), contact point and
     notification policy. Returns what was done, in order."""
@@ -76,12 +88,15 @@ def push(api: GrafanaApi, cfg: GrafanaConfig, env: Mapping[str, str]) -> list[Pu
     for source in datasources(cfg):
         body = expand_env({k: v for k, v in source.items() if k != "editable"}, env)
         uid = body["uid"]
-        if _exists(lambda uid=uid: api.datasource.get_datasource_by_uid(uid)):
-            api.datasource.update_datasource_by_uid(uid, body)
-            done.append(Pushed("datasource", uid, "updated"))
-        else:
-            api.datasource.create_datasource(body)
-            done.append(Pushed("datasource", uid, "created"))
+        done.append(
+            _upsert(
+                "datasource",
+                uid,
+                _exists(partial(api.datasource.get_datasource_by_uid, uid)),
+                update=partial(api.datasource.update_datasource_by_uid, uid, body),
+                create=partial(api.datasource.create_datasource, body),
+            )
+        )
 
     for board in dashboards(cfg).values():
         api.dashboard.update_dashboard(
@@ -97,12 +112,15 @@ def push(api: GrafanaApi, cfg: GrafanaConfig, env: Mapping[str, str]) -> list[Pu
     rules = grafana_rules(cfg)
     for rule in rules:
         uid = rule["uid"]
-        if _exists(lambda uid=uid: api.alertingprovisioning.get_alertrule(uid)):
-            api.alertingprovisioning.update_alertrule(uid, rule)
-            done.append(Pushed("alert-rule", uid, "updated"))
-        else:
-            api.alertingprovisioning.create_alertrule(rule)
-            done.append(Pushed("alert-rule", uid, "created"))
+        done.append(
+            _upsert(
+                "alert-rule",
+                uid,
+                _exists(partial(api.alertingprovisioning.get_alertrule, uid)),
+                update=partial(api.alertingprovisioning.update_alertrule, uid, rule),
+                create=partial(api.alertingprovisioning.create_alertrule, rule),
+            )
+        )
     group = {
         "title": RULE_GROUP,
         "folderUid": FOLDER_UID,
@@ -119,12 +137,15 @@ def push(api: GrafanaApi, cfg: GrafanaConfig, env: Mapping[str, str]) -> list[Pu
         return done
     point = contact_point(url)
     existing = api.alertingprovisioning.get_contactpoints(name=CONTACT_POINT) or []
-    if any(p.get("uid") == CONTACT_POINT for p in existing):
-        api.alertingprovisioning.update_contactpoint(CONTACT_POINT, point)
-        done.append(Pushed("contact-point", CONTACT_POINT, "updated"))
-    else:
-        api.alertingprovisioning.create_contactpoint(point)
-        done.append(Pushed("contact-point", CONTACT_POINT, "created"))
+    done.append(
+        _upsert(
+            "contact-point",
+            CONTACT_POINT,
+            any(p.get("uid") == CONTACT_POINT for p in existing),
+            update=partial(api.alertingprovisioning.update_contactpoint, CONTACT_POINT, point),
+            create=partial(api.alertingprovisioning.create_contactpoint, point),
+        )
+    )
     api.alertingprovisioning.set_notification_policy_tree(notification_policy())
     done.append(Pushed("policy", CONTACT_POINT, "updated"))
     return done

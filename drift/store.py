@@ -9,6 +9,7 @@ from typing import Any
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 
 from finsentry.drift.measure import DriftRow, Observation
+from finsentry.index.date_range import date_range_filters
 from finsentry.index.template import ensure_index
 
 HOUR = timedelta(hours=1)
@@ -45,13 +46,13 @@ def hour_observations(
 ) -> tuple[int, list[Observation]]:
     """How many items were scored in [hour, hour + 1 h), and a random sample of them
     (seeded by the hour, so the same hour gives the same sample)."""
-    window = {"range": {"scored_at": {"gte": hour.isoformat(), "lt": (hour + HOUR).isoformat()}}}
+    in_hour = date_range_filters("scored_at", hour, hour + HOUR)
     try:
         found = es.search(
             index=index,
             query={
                 "function_score": {
-                    "query": {"bool": {"filter": [window]}},
+                    "query": {"bool": {"filter": in_hour}},
                     "random_score": {"seed": int(hour.timestamp()), "field": "_seq_no"},
                     "boost_mode": "replace",
                 }

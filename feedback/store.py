@@ -14,6 +14,7 @@ from elasticsearch import Elasticsearch, NotFoundError, helpers
 from pydantic import BaseModel, ConfigDict, Field
 
 from finsentry.feedback.labels import FeedbackDocument
+from finsentry.index.date_range import date_range_filters
 from finsentry.index.template import ensure_index
 from finsentry.messages import ScoredItem
 from finsentry.queries.params import IsoDateTime
@@ -110,13 +111,7 @@ class FeedbackFilter(BaseModel):
             filters.append({"exists": {"field": "disagrees"}})
         elif self.disagrees is False:
             filters.append({"bool": {"must_not": {"exists": {"field": "disagrees"}}}})
-        window: dict[str, str] = {}
-        if self.since:
-            window["gte"] = self.since.isoformat()
-        if self.until:
-            window["lt"] = self.until.isoformat()
-        if window:
-            filters.append({"range": {"labelled_at": window}})
+        filters.extend(date_range_filters("labelled_at", self.since, self.until))
         return {"bool": {"filter": filters}}
 
 

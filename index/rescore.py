@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from finsentry.index.company_verdicts import RESCORE_SOURCE_FIELDS, rescored_verdict_docs
+from finsentry.index.date_range import date_range_filters
 from finsentry.messages import CompanyMention, ItemScores, NewsItem
 
 if TYPE_CHECKING:
@@ -113,14 +114,7 @@ def parse_time(value: str, now: datetime) -> datetime:
 
 def selection_query(query: RescoreQuery, target_version: str) -> dict[str, Any]:
     """The items to re-score: in range, by `from_version`, not already by the target."""
-    filters: list[dict[str, Any]] = []
-    if query.since is not None or query.until is not None:
-        bounds: dict[str, str] = {}
-        if query.since is not None:
-            bounds["gte"] = query.since.isoformat()
-        if query.until is not None:
-            bounds["lt"] = query.until.isoformat()
-        filters.append({"range": {"scored_at": bounds}})
+    filters = date_range_filters("scored_at", query.since, query.until)
     if query.from_version:
         if "*" in query.from_version or "?" in query.from_version:
             filters.append({"wildcard": {"model_version": {"value": query.from_version}}})

@@ -37,6 +37,14 @@ def services(base_settings: Settings) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT encoder and tokenizer (tests/support/tiny_artifact.py)."""
+    from tests.support.tiny_artifact import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap(services: Settings) -> str:
     return services.kafka_bootstrap
 

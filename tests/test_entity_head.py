@@ -19,18 +19,15 @@ from finsentry.streams.entity_linking import find_mentions, load_company_index
 from finsentry.training.config import TrainConfig, default_data
 from finsentry.training.entity_data import read_finentity, sentences
 from finsentry.training.train import run_training
-from tests.support.tiny_artifact import build_tiny_base
 
 SETTINGS = Settings()
 MIXED = Path(__file__).parent / "fixtures" / "entities" / "mixed.jsonl"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def entity_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny multitask model with a per-company head, trained on the crafted set."""
-    base = build_tiny_base(tmp_path_factory.mktemp("base"))
-    config = TrainConfig.model_validate(
+def entity_config(base: Path, out: Path, **overrides: object) -> TrainConfig:
+    """The tiny multitask recipe with the per-company head, on the crafted news set."""
+    return TrainConfig.model_validate(
         {
             "task": "multitask",
             "data": default_data(SETTINGS.data_dir, "multitask"),
@@ -40,7 +37,7 @@ def entity_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "news_repeat": 6,
             "derived_entity_weight": 0.0,
             "base_model": str(base),
-            "output_dir": tmp_path_factory.mktemp("models"),
+            "output_dir": out,
             "max_train_samples": 60,
             "epochs": 12,
             "batch_size": 16,
@@ -48,9 +45,15 @@ def entity_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "eval_every": 1000,
             "baselines": False,
             "progress": False,
+            **overrides,
         }
     )
-    return run_training(config)
+
+
+@pytest.fixture(scope="module")
+def entity_artifact(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multitask model with a per-company head, trained on the crafted set."""
+    return run_training(entity_config(tiny_base, tmp_path_factory.mktemp("models")))
 
 
 def _companies_index():  # type: ignore[no-untyped-def]
@@ -277,3 +280,32 @@ def test_the_worker_indexes_two_companies_of_one_text_with_opposite_verdicts(
     result = run_query(es, settings.items_index, TickersParams.model_validate({"since": "1d"}))
     rows = {r.key: (r.volume, r.bullish, r.bearish) for r in result.rows}  # type: ignore[union-attr]
     assert rows == {"NVDA": (1, 1, 0), "F": (1, 0, 1)}
+
+
+def test_distillation_labels_the_news_texts_too(
+    entity_artifact: Path, tiny_base: Path, tmp_path: Path
+) -> None:
+    """The student trains on tweets and news paragraphs (repeated) and sentences; the
+    teacher's soft labels must cover every one of them, in order (it once labelled the
+    tweets only and the first news row fell off the end)."""
+    from finsentry.training import distill
+    from finsentry.training.train import load_all
+
+    asked: list[int] = []
+    real = distill.teacher_probs
+
+    def counting(teachers, texts, labels, **kw):  # type: ignore[no-untyped-def]
+        asked.append(len(texts))
+        return real(teachers, texts, labels, **kw)
+
+    config = entity_config(tiny_base, tmp_path, student_layers=1, distill_alpha=0.5, epochs=1)
+    distill.teacher_probs = counting  # type: ignore[assignment]
+    try:
+        student, summary = distill.run_distillation([entity_artifact], config, compare=False)
+    finally:
+        distill.teacher_probs = real  # type: ignore[assignment]
+    # Once, for the unique training texts: the tweets of both tasks and the news.
+    tweets = sum(len(d.train) for d in load_all(config).values())
+    assert len(asked) == 1 and asked[0] > tweets
+    assert summary["rows"]["distilled student"]["encoder_layers"] == 1
+    assert read_manifest(student).entity is not None

@@ -18,7 +18,7 @@ from finsentry.settings import Settings
 from finsentry.training.config import TrainConfig, default_data
 from finsentry.training.data import DataError, stratified_split
 from finsentry.training.train import run_training
-from tests.support.tiny_artifact import build_tiny_artifact, build_tiny_base
+from tests.support.tiny_artifact import build_tiny_artifact
 
 DATA = Settings().data_dir
 runner = CliRunner()
@@ -40,11 +40,6 @@ def tiny_config(base: Path, out: Path, task: str = "multitask", **overrides: obj
         **overrides,
     }
     return TrainConfig.model_validate(options)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")

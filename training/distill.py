@@ -94,11 +94,16 @@ def run_distillation(
     data = load_all(config)
     raw = load_all(config, preprocess=False)
     student_labels = {t: data[t].labels for t in config.tasks()}
-    train_raw = [t for task in config.tasks() for t in raw[task].train["text"].tolist()]
 
-    def teacher(_texts: list[str]) -> dict[str, np.ndarray]:
-        probs = teacher_probs(teachers, train_raw, student_labels)
-        return {t: soften(p, config.distill_temperature) for t, p in probs.items()}
+    def teacher(texts: list[str]) -> dict[str, np.ndarray]:
+        # Every training text, whatever set it came from (tweets, news paragraphs and
+        # sentences, analysts' labels), gets soft labels for every task. The texts come
+        # preprocessed; the teacher's scorer preprocesses again, which changes nothing.
+        unique = list(dict.fromkeys(texts))
+        row = {text: i for i, text in enumerate(unique)}
+        probs = teacher_probs(teachers, unique, student_labels)
+        rows = np.array([row[text] for text in texts], np.int64)
+        return {t: soften(p[rows], config.distill_temperature) for t, p in probs.items()}
 
     leak = [
         str(p)

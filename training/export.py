@@ -22,10 +22,22 @@ Quantize = Literal["int8", "none"]
 _WEIGHTS = {"model.safetensors", "pytorch_model.bin"}
 
 
-def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, opset: int) -> bool:
+def _export_group(
+    root: Path,
+    manifest: Manifest,
+    tasks: list[str],
+    out: Path,
+    opset: int,
+    *,
+    attention: str = "eager",
+) -> bool:
     """One ONNX graph: token ids in, `logits_<task>` for each task out (fp32); with the
     per-company head also `entity_mask` / `entity_row` in and `logits_entity` out.
-    Returns whether the graph has the per-company head."""
+    Returns whether the graph has the per-company head.
+
+    Attention is traced in its plain ("eager") form by default: the scaled-dot-product form
+    traces into NaN guards and masks that ONNX Runtime's transformer optimizer does not
+    recognise as attention (`benchmarks/int8_recipes.py` compares the two graphs)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -35,7 +47,9 @@ def _export_group(root: Path, manifest: Manifest, tasks: list[str], out: Path, o
     tokenizer = AutoTokenizer.from_pretrained(root / manifest.tasks[tasks[0]].tokenizer)
     with quiet_transformers():
         models = {
-            t: AutoModelForSequenceClassification.from_pretrained(root / manifest.tasks[t].path)
+            t: AutoModelForSequenceClassification.from_pretrained(
+                root / manifest.tasks[t].path, attn_implementation=attention
+            )
             for t in tasks
         }
     shared = manifest.shared_encoder and len(tasks) > 1
@@ -270,7 +284,7 @@ def export_onnx(
             "entity": entity_spec,
             "parent_version": manifest.version,
             "quantization": (
-                "int8 dynamic, per-channel weights, SmoothQuant-calibrated activations "
+                "int8 dynamic, per-channel uint8 weights, SmoothQuant-calibrated activations "
                 f"(onnxruntime); float: {', '.join(KEEP_FLOAT)}"
                 if quantize == "int8"
                 else None

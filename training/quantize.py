@@ -16,6 +16,13 @@ import numpy as np
 
 SMOOTH_ALPHA = 0.75
 
+# uint8 weights (u8 x u8 products) rather than int8: on x86 CPUs without VNNI (AVX2 only,
+# like the 2-core machine this was measured on) ONNX Runtime multiplies u8 x s8 with an
+# instruction that saturates sums of two products at 16 bits, which cost 0.3-1 points of
+# label agreement with fp32; u8 x u8 widens first and does not saturate.
+# `benchmarks/int8_recipes.py` prints the comparison.
+WEIGHT_TYPE = "uint8"
+
 
 def weight_products(model: object) -> dict[str, list[object]]:
     """Activation tensor -> the MatMul nodes that multiply it by a constant weight matrix."""
@@ -108,9 +115,12 @@ def quantize_int8(
     *,
     keep_float: Sequence[str] = (),
     alpha: float | None = SMOOTH_ALPHA,
+    weight_type: str = WEIGHT_TYPE,
+    reduce_range: bool = False,
 ) -> None:
-    """Smooth (unless `alpha` is None), then `quantize_dynamic` with per-channel int8
-    weights for every weight product except `keep_float`."""
+    """Smooth (unless `alpha` is None), then `quantize_dynamic` with per-channel 8-bit
+    weights (`weight_type` "uint8" or "int8"; `reduce_range`: 7 bits) for every weight
+    product except `keep_float`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -123,10 +133,13 @@ def quantize_int8(
             str(prepared),
             str(int8),
             per_channel=True,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
+            reduce_range=reduce_range,
             op_types_to_quantize=["MatMul"],
             nodes_to_exclude=list(keep_float),
-            extra_options={"MatMulConstBOnly": True},
+            # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) carry
+            # no type information for the quantiser's shape inference; they are float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},
         )
     finally:
         prepared.unlink(missing_ok=True)
