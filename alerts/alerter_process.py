@@ -37,6 +37,7 @@ ALERTER_FIELDS = (
     "smtp_host",
     "smtp_port",
     "smtp_from",
+    "digest_at",
     "alerter_instance_id",
 )
 

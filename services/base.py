@@ -113,7 +113,7 @@ class LocalService(ABC):
             process.wait_until_healthy(
                 self.name,
                 self.healthy,
-                lambda: self.pid() is not None,
+                lambda: process.process_alive(pid),
                 timeout=self.start_timeout,
                 log_file=self.log_file,
             )

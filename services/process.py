@@ -48,6 +48,19 @@ def read_pid(pid_file: Path, marker: str) -> int | None:
     return pid
 
 
+def process_alive(pid: int) -> bool:
+    """True while process `pid` runs (not a zombie; one of ours is reaped). Unlike
+    `read_pid` this asks nothing of its command line: between fork and exec a child started
+    a moment ago still shows its parent's, and would read as gone."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -99,7 +99,8 @@ def test_severe_item_on_a_watchlist_notifies_once_per_channel(
             "smtp_from": "finsentry@example.com",
             # This test counts alert e-mails exactly; the daily digest (20:30 UTC by
             # default) would add one more to the mailbox when the suite runs in the evening.
-            "digest_at": None,
+            # Empty = off (None would leave the child alerter its default).
+            "digest_at": "",
         }
     )
     admin = KafkaAdminClient(**kafka)

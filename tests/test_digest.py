@@ -164,3 +164,18 @@ def test_scheduled_digest_is_mailed_once(loaded: Settings) -> None:
         "Apple under SEC probe over accounting"
         in parts["text/plain"].get_payload(decode=True).decode()
     )
+
+
+def test_the_child_alerter_gets_the_digest_time_not_its_parents_environment(
+    tmp_path: Path,
+) -> None:
+    """Digests off in the settings stay off in the alerter child, whatever the parent's
+    environment says (the child used to keep the inherited or default 20:30)."""
+    from finsentry.alerts.alerter_process import alerter_env
+
+    env = alerter_env(
+        Settings(digest_at=""), tmp_path / "rules.json", {"FINSENTRY_DIGEST_AT": "20:30"}
+    )
+    assert env["FINSENTRY_DIGEST_AT"] == ""
+    env = alerter_env(Settings(digest_at="07:15"), tmp_path / "rules.json", {})
+    assert env["FINSENTRY_DIGEST_AT"] == "07:15"

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from finsentry.services import manager
+from finsentry.services.base import Launch, LocalService
 from finsentry.services.elasticsearch import elasticsearch_yml
 from finsentry.services.java import parse_major
 from finsentry.services.kafka import server_properties
-from finsentry.services.process import ServiceError, read_pid
+from finsentry.services.process import ServiceError, process_alive, read_pid
 from finsentry.settings import Settings
 
 
@@ -73,6 +74,45 @@ def test_read_pid_needs_a_live_process_with_the_marker(tmp_path: Path) -> None:
     assert read_pid(pid_file, f"no-such-marker-{uuid.uuid4()}") is None
     pid_file.write_text("not a pid")
     assert read_pid(pid_file, os.getcwd()) is None
+
+
+class _SlowStarter(LocalService):
+    """A service whose command line never shows its marker, like a child between fork and
+    exec (it still shows the parent's), that turns healthy after a second."""
+
+    name = "slow"
+    start_timeout = 10.0
+    version = "0"
+    url = "-"
+    marker = f"never-in-any-command-line-{uuid.uuid4()}"
+    ready_at = 0.0
+
+    def ports(self) -> dict[str, int]:
+        return {}
+
+    def fetch(self) -> None:
+        pass
+
+    def prepare(self) -> Launch:
+        self.ready_at = time.monotonic() + 1.0
+        return Launch(command=["sleep", "30"], env=dict(os.environ), cwd=self.dir)
+
+    def healthy(self) -> bool:
+        return time.monotonic() >= self.ready_at
+
+
+def test_start_up_waits_for_the_started_process_not_its_command_line(tmp_path: Path) -> None:
+    """A kafka under load was declared "exited during start-up" while it ran: the start-up
+    wait asked for the marker in a command line the fresh child had not exec'd yet."""
+    service = _SlowStarter(Settings(state_dir=tmp_path))
+    service.up()  # raised ServiceError("slow exited during start-up") before
+    pid = int(service.pid_file.read_text())
+    assert process_alive(pid)
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while process_alive(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_up_refuses_a_port_taken_by_another_process(tmp_path: Path) -> None:
