@@ -53,7 +53,8 @@ def _env_value(value: Any) -> str:
 
 def alerter_env(settings: Settings, rules_file: Path, base: Mapping[str, str]) -> dict[str, str]:
     """`base` (the parent's environment) with the FINSENTRY_* variables that make a child
-    alerter use these settings and the rules in `rules_file`; unset fields are removed."""
+    alerter use these settings and the rules in `rules_file`; a None field is removed where
+    None is its default, and set empty where the default is something else."""
     env = dict(base)
     for name in ALERTER_FIELDS:
         key = f"FINSENTRY_{name.upper()}"
@@ -61,6 +62,8 @@ def alerter_env(settings: Settings, rules_file: Path, base: Mapping[str, str]) -
         env.pop(key, None)
         if value is not None:
             env[key] = _env_value(value)
+        elif Settings.model_fields[name].default is not None:
+            env[key] = ""  # None here, not the child's default (digest_at: "" = off)
     env["FINSENTRY_MANAGE_SERVICES"] = "false"
     env["FINSENTRY_ALERT_RULES_FILE"] = str(rules_file)
     return env

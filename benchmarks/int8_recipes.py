@@ -90,28 +90,16 @@ def build(recipe: Recipe, graphs: Mapping[str, Path], calibration: list, work: P
     source = graphs[recipe.graph]
     if recipe.weights is None:
         return source
-    from onnxruntime import quantization
-
     target = work / f"{recipe.name.replace(' ', '_').replace(',', '')}.onnx"
-    quantize_dynamic = quantization.quantize_dynamic
-    if recipe.attention_int8:  # quantize_int8 quantises MatMul only
-
-        def with_attention(*args: object, **kwargs: object) -> None:
-            kwargs["op_types_to_quantize"] = ["MatMul", "Attention"]
-            quantize_dynamic(*args, **kwargs)  # type: ignore[arg-type]
-
-        quantization.quantize_dynamic = with_attention  # type: ignore[assignment]
-    try:
-        quantize_int8(
-            source,
-            target,
-            calibration,
-            keep_float=_float_nodes(source, recipe.keep_float),
-            weight_type=recipe.weights,
-            reduce_range=recipe.reduce_range,
-        )
-    finally:
-        quantization.quantize_dynamic = quantize_dynamic
+    quantize_int8(
+        source,
+        target,
+        calibration,
+        keep_float=_float_nodes(source, recipe.keep_float),
+        weight_type=recipe.weights,
+        reduce_range=recipe.reduce_range,
+        op_types=("MatMul", "Attention") if recipe.attention_int8 else ("MatMul",),
+    )
     return target
 
 

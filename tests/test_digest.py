@@ -177,5 +177,7 @@ def test_the_child_alerter_gets_the_digest_time_not_its_parents_environment(
         Settings(digest_at=""), tmp_path / "rules.json", {"FINSENTRY_DIGEST_AT": "20:30"}
     )
     assert env["FINSENTRY_DIGEST_AT"] == ""
+    env = alerter_env(Settings(digest_at=None), tmp_path / "rules.json", {})
+    assert env["FINSENTRY_DIGEST_AT"] == ""
     env = alerter_env(Settings(digest_at="07:15"), tmp_path / "rules.json", {})
     assert env["FINSENTRY_DIGEST_AT"] == "07:15"

@@ -283,7 +283,7 @@ def test_the_worker_indexes_two_companies_of_one_text_with_opposite_verdicts(
 
 
 def test_distillation_labels_the_news_texts_too(
-    entity_artifact: Path, tiny_base: Path, tmp_path: Path
+    entity_artifact: Path, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The student trains on tweets and news paragraphs (repeated) and sentences; the
     teacher's soft labels must cover every one of them, in order (it once labelled the
@@ -299,11 +299,8 @@ def test_distillation_labels_the_news_texts_too(
         return real(teachers, texts, labels, **kw)
 
     config = entity_config(tiny_base, tmp_path, student_layers=1, distill_alpha=0.5, epochs=1)
-    distill.teacher_probs = counting  # type: ignore[assignment]
-    try:
-        student, summary = distill.run_distillation([entity_artifact], config, compare=False)
-    finally:
-        distill.teacher_probs = real  # type: ignore[assignment]
+    monkeypatch.setattr(distill, "teacher_probs", counting)
+    student, summary = distill.run_distillation([entity_artifact], config, compare=False)
     # Once, for the unique training texts: the tweets of both tasks and the news.
     tweets = sum(len(d.train) for d in load_all(config).values())
     assert len(asked) == 1 and asked[0] > tweets

@@ -117,10 +117,11 @@ def quantize_int8(
     alpha: float | None = SMOOTH_ALPHA,
     weight_type: str = WEIGHT_TYPE,
     reduce_range: bool = False,
+    op_types: Sequence[str] = ("MatMul",),
 ) -> None:
     """Smooth (unless `alpha` is None), then `quantize_dynamic` with per-channel 8-bit
     weights (`weight_type` "uint8" or "int8"; `reduce_range`: 7 bits) for every weight
-    product except `keep_float`."""
+    product except `keep_float`. `op_types` may add "Attention" (fused graphs: QKV int8)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -135,7 +136,7 @@ def quantize_int8(
             per_channel=True,
             weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
             reduce_range=reduce_range,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=list(op_types),
             nodes_to_exclude=list(keep_float),
             # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) carry
             # no type information for the quantiser's shape inference; they are float.
