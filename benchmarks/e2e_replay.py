@@ -31,7 +31,8 @@ from finsentry.models.artifact import resolve_artifact
 from finsentry.settings import Settings
 
 FORWARDED = ("app_id", "topic_raw", "topic_scored", "topic_dead_letters", "items_index",
-             "company_verdicts_index", "dead_letters_index", "max_batch", "max_wait")  # fmt: skip
+             "company_verdicts_index", "dead_letters_index", "max_batch", "max_wait",
+             "items_refresh_interval")  # fmt: skip
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="items/s; 0 = unpaced")
     parser.add_argument("--max-batch", type=int, default=None)
     parser.add_argument("--max-wait", type=float, default=None)
+    parser.add_argument(
+        "--refresh-interval", default=None, help="the items index's refresh_interval (250ms)"
+    )
     parser.add_argument("--model", type=Path, default=None, help="artifact (default: newest)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
@@ -64,6 +68,8 @@ def main() -> None:
         overrides["max_batch"] = args.max_batch
     if args.max_wait:
         overrides["max_wait"] = args.max_wait
+    if args.refresh_interval:
+        overrides["items_refresh_interval"] = args.refresh_interval
     settings = base.model_copy(update=overrides)
     model = args.model or resolve_artifact(settings.models_dir, settings.model_path)
 
@@ -125,7 +131,9 @@ def main() -> None:
         worker.wait(timeout=60)
 
     latencies = [seen_at[i] - sent_at[i] for i in ids if i in seen_at]
-    table = Table(title=f"end-to-end replay ({model.name})")
+    table = Table(
+        title=f"end-to-end replay ({model.name}; refresh {settings.items_refresh_interval})"
+    )
     for column in ("items", "indexed", "offered rate/s", "sustained items/s", "p50 s", "p95 s",
                    "p99 s", "max s"):  # fmt: skip
         table.add_column(column, justify="right")

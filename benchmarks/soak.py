@@ -18,6 +18,10 @@ Exit status 1 when a criterion fails.
 
     .venv/bin/python benchmarks/soak.py                   # 100 items/s for 20 minutes
     .venv/bin/python benchmarks/soak.py --duration 180    # a 3-minute smoke run
+    .venv/bin/python benchmarks/soak.py --model DIR --report benchmarks/results/soak.md
+
+`--report` also writes the figures as Markdown, with a plot of memory and lag beside it
+(`soak.png`); RELIABILITY.md includes that file (`tests/support/outcomes.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import csv
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -188,6 +193,7 @@ def main() -> None:
     parser.add_argument("--max-lag", type=int, default=None, help="default: 30 s of input")
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--model", type=Path, default=None, help="artifact (default: newest)")
+    parser.add_argument("--report", type=Path, default=None, help="also write Markdown + PNG")
     args = parser.parse_args()
     warmup = args.warmup if args.warmup is not None else min(120.0, args.duration / 4)
     max_lag = args.max_lag if args.max_lag is not None else int(30 * args.rate)
@@ -264,6 +270,10 @@ def main() -> None:
         samples, warmup, sender.sent, samples[-1].indexed, args.max_growth, max_lag, dead
     )
     print_report(console, samples, verdict, args, (warmup, max_lag), (sender.sent, sender.failed))
+    if args.report:
+        write_report(args.report, samples, verdict, args, (warmup, max_lag),
+                     (sender.sent, sender.failed), model)  # fmt: skip
+        console.print(f"report: {args.report} and {args.report.with_suffix('.png')}")
     for index in (
         settings.items_index,
         settings.dead_letters_index,
@@ -272,6 +282,102 @@ def main() -> None:
         es.options(ignore_status=404).indices.delete(index=index)
     if not verdict.ok:
         raise SystemExit(1)
+
+
+def verdict_rows(
+    verdict: Verdict, args: argparse.Namespace, limits: tuple[float, int], sent: tuple[int, int]
+) -> list[tuple[str, str, str, bool]]:
+    """criterion, limit, measured, ok: the verdict as rows (for the console and the report)."""
+    warmup, max_lag = limits
+    return [
+        (
+            "RSS after warm-up",
+            f"<= +{args.max_growth:.0%} of {verdict.rss_warm_mib:.0f} MiB (at {warmup:g}s)",
+            f"max {verdict.rss_max_mib:.0f} MiB ({verdict.growth:+.1%})",
+            verdict.memory_ok,
+        ),
+        ("consumer lag after warm-up", f"<= {max_lag} items", f"max {verdict.max_lag}",
+         verdict.lag_ok),
+        (
+            "drained when sending stopped",
+            f"lag 0 within {args.drain_timeout:g}s",
+            f"{verdict.undrained} items still in Kafka",
+            verdict.undrained == 0,
+        ),
+        (
+            "lost (sent - indexed - dead letters - still in Kafka)",
+            "0",
+            f"{verdict.lost} (sent {sent[0]}, send failures {sent[1]})",
+            verdict.lost == 0,
+        ),
+    ]  # fmt: skip
+
+
+def minute_rows(samples: list[Sample]) -> list[Sample]:
+    """The first sample of every minute, and the last."""
+    rows, minute = [], -1
+    for sample in samples:
+        if int(sample.seconds // 60) != minute or sample is samples[-1]:
+            minute = int(sample.seconds // 60)
+            rows.append(sample)
+    return rows
+
+
+def write_report(
+    path: Path,
+    samples: list[Sample],
+    verdict: Verdict,
+    args: argparse.Namespace,
+    limits: tuple[float, int],
+    sent: tuple[int, int],
+    model: Path,
+) -> None:
+    """The soak as Markdown (verdict, one row a minute) and a PNG of RSS and lag over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, (memory, lag) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
+    minutes = [s.seconds / 60 for s in samples]
+    memory.plot(minutes, [s.rss_mib for s in samples])
+    memory.axhline(verdict.rss_warm_mib * (1 + args.max_growth), color="red", linestyle="--",
+                   label=f"limit (+{args.max_growth:.0%} of warm)")  # fmt: skip
+    memory.set_ylabel("worker RSS, MiB")
+    memory.legend(loc="lower right")
+    lag.plot(minutes, [s.lag for s in samples])
+    lag.set_ylabel("consumer lag, items")
+    lag.set_xlabel("minutes since sending started")
+    figure.suptitle(f"soak: {args.rate:g} items/s for {args.duration / 60:g} min, {model.name}")
+    figure.tight_layout()
+    figure.savefig(path.with_suffix(".png"), dpi=80)
+    plt.close(figure)
+
+    command = shlex.join(["benchmarks/soak.py", *sys.argv[1:]])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"Printed by `.venv/bin/python {command}` on {when} (load average at the end {load}):"
+        f" the real worker serving `{model.name}` on the local Kafka and Elasticsearch,"
+        f" {sent[0]} items sent. Plot: `{path.with_suffix('.png').name}`.",
+        "",
+        "| criterion | limit | measured | ok |",
+        "|---|---|---|---|",
+        *(
+            f"| {c} | {limit} | {m} | {'yes' if ok else '**NO**'} |"
+            for c, limit, m, ok in verdict_rows(verdict, args, limits, sent)
+        ),
+        "",
+        "| t s | sent | indexed | lag | RSS MiB |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {s.seconds:.0f} | {s.sent} | {s.indexed} | {s.lag} | {s.rss_mib:.0f} |"
+            for s in minute_rows(samples)
+        ),
+        "",
+    ]
+    path.write_text("\n".join(lines))
 
 
 def print_report(
@@ -284,44 +390,18 @@ def print_report(
 ) -> None:
     """The samples, one row a minute, and the verdict. `limits`: warm-up seconds, max lag;
     `sent`: items sent, send failures."""
-    warmup, max_lag = limits
     table = Table(title=f"soak samples ({args.rate:g} items/s offered; one row a minute)")
     for column in ("t s", "sent", "indexed", "lag", "RSS MiB"):
         table.add_column(column, justify="right")
-    minute = -1
-    for sample in samples:
-        if int(sample.seconds // 60) != minute or sample is samples[-1]:
-            minute = int(sample.seconds // 60)
-            table.add_row(f"{sample.seconds:.0f}", str(sample.sent), str(sample.indexed),
-                          str(sample.lag), f"{sample.rss_mib:.0f}")  # fmt: skip
+    for sample in minute_rows(samples):
+        table.add_row(f"{sample.seconds:.0f}", str(sample.sent), str(sample.indexed),
+                      str(sample.lag), f"{sample.rss_mib:.0f}")  # fmt: skip
     console.print(table)
     summary = Table(title="soak verdict")
     for column in ("criterion", "limit", "measured", "ok"):
         summary.add_column(column)
-    summary.add_row(
-        "RSS after warm-up",
-        f"<= +{args.max_growth:.0%} of {verdict.rss_warm_mib:.0f} MiB (at {warmup:g}s)",
-        f"max {verdict.rss_max_mib:.0f} MiB ({verdict.growth:+.1%})",
-        "yes" if verdict.memory_ok else "NO",
-    )
-    summary.add_row(
-        "consumer lag after warm-up",
-        f"<= {max_lag} items",
-        f"max {verdict.max_lag}",
-        "yes" if verdict.lag_ok else "NO",
-    )
-    summary.add_row(
-        "drained when sending stopped",
-        f"lag 0 within {args.drain_timeout:g}s",
-        f"{verdict.undrained} items still in Kafka",
-        "yes" if verdict.undrained == 0 else "NO",
-    )
-    summary.add_row(
-        "lost (sent - indexed - dead letters - still in Kafka)",
-        "0",
-        f"{verdict.lost} (sent {sent[0]}, send failures {sent[1]})",
-        "yes" if verdict.lost == 0 else "NO",
-    )
+    for criterion, limit, measured, ok in verdict_rows(verdict, args, limits, sent):
+        summary.add_row(criterion, limit, measured, "yes" if ok else "NO")
     console.print(summary)
 
 

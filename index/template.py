@@ -114,21 +114,32 @@ DEAD_LETTER_MAPPINGS: dict[str, Any] = {
 }
 
 
-def _template(index: str, mappings: dict[str, Any], shards: int, replicas: int) -> dict[str, Any]:
+def _template(
+    index: str,
+    mappings: dict[str, Any],
+    shards: int,
+    replicas: int,
+    refresh_interval: str | None = None,
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {"number_of_shards": shards, "number_of_replicas": replicas}
+    if refresh_interval is not None:
+        settings["refresh_interval"] = refresh_interval
     return {
         "index_patterns": [index, f"{index}-*"],
         "priority": 200,
         "template": {
-            "settings": {"number_of_shards": shards, "number_of_replicas": replicas},
+            "settings": settings,
             "mappings": mappings,
         },
         "_meta": {"managed_by": "finsentry"},
     }
 
 
-def items_template(index: str, shards: int = 1, replicas: int = 0) -> dict[str, Any]:
+def items_template(
+    index: str, shards: int = 1, replicas: int = 0, refresh_interval: str | None = None
+) -> dict[str, Any]:
     """The body of the composable index template for `index` (and `index-*`)."""
-    return _template(index, ITEM_MAPPINGS, shards, replicas)
+    return _template(index, ITEM_MAPPINGS, shards, replicas, refresh_interval)
 
 
 def _apply(es: Elasticsearch, index: str, body: dict[str, Any]) -> None:
@@ -153,8 +164,17 @@ def ensure_index(es: Elasticsearch, index: str, mappings: dict[str, Any]) -> Non
         raise RuntimeError(f"could not create the index {index}")
 
 
-def apply_items_template(es: Elasticsearch, index: str) -> None:
-    _apply(es, index, items_template(index))
+def apply_items_template(
+    es: Elasticsearch, index: str, refresh_interval: str | None = None
+) -> None:
+    """The items template and index; `refresh_interval` (Settings.items_refresh_interval)
+    also goes to an index that exists already (a dynamic setting), so a changed value takes
+    effect at the worker's next start."""
+    _apply(es, index, items_template(index, refresh_interval=refresh_interval))
+    if refresh_interval is not None:
+        es.indices.put_settings(
+            index=index, settings={"index": {"refresh_interval": refresh_interval}}
+        )
 
 
 def apply_company_verdicts_template(es: Elasticsearch, index: str) -> None:

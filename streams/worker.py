@@ -52,7 +52,7 @@ def build_worker_app(settings: Settings, stop: threading.Event | None = None) ->
     verify_kafka_login(settings)
     wait_for_elasticsearch(settings)
     es = make_es_client(settings)
-    apply_items_template(es, settings.items_index)
+    apply_items_template(es, settings.items_index, settings.items_refresh_interval)
     apply_dead_letters_template(es, settings.dead_letters_index)
     apply_company_verdicts_template(es, settings.company_verdicts_index)
     scorer = load_scorer(settings)

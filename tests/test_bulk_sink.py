@@ -41,6 +41,19 @@ def test_the_template_applies_to_the_index(settings, es) -> None:  # type: ignor
     assert mapping["properties"]["sentiment_score"] == {"type": "float"}
 
 
+def test_the_refresh_interval_reaches_a_new_and_an_existing_index(settings, es) -> None:  # type: ignore[no-untyped-def]
+    def interval() -> str | None:
+        index = es.indices.get_settings(index=settings.items_index)[settings.items_index]
+        return index["settings"]["index"].get("refresh_interval")
+
+    apply_items_template(es, settings.items_index, "250ms")
+    assert interval() == "250ms"
+    apply_items_template(es, settings.items_index, "2s")  # the index exists: changed in place
+    assert interval() == "2s"
+    template = es.indices.get_index_template(name=settings.items_index)["index_templates"][0]
+    assert template["index_template"]["template"]["settings"]["index"]["refresh_interval"] == "2s"
+
+
 def test_an_unreachable_node_is_retried_until_stopped() -> None:
     es = Elasticsearch("http://127.0.0.1:9", request_timeout=1, max_retries=0)
     retries: list[int] = []

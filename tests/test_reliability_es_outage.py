@@ -167,6 +167,7 @@ def test_elasticsearch_down_for_a_minute_mid_stream_loses_and_duplicates_nothing
             write_counts(es, settings.items_index),
             deliveries(settings, settings.topic_scored),
             in_flight(feed.placed, committed_at_stop, in_index_at_stop),
+            sent=deliveries(settings, settings.topic_raw),
         )
         stopped_committed = _committed(stopped)
         stopped_indexed = set(index_ids(es, stopped.items_index))

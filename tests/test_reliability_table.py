@@ -51,7 +51,12 @@ def test_the_comparison_ignores_measured_numbers_and_catches_changed_rows() -> N
         ),
         Row("area", "bad | input (34 bytes)", "invalid_utf8", "dead letter", True, "t::b"),
     ]
-    table = render(rows, [], "pytest", "now")
+    soak = ["## Soak", "", "| criterion | limit | measured | ok |", "|---|---|---|---|",
+            "| RSS | <= +10% | +2.0% | yes |", "", "| t s | sent | indexed | lag | RSS MiB |",
+            "|---|---|---|---|---|", "| 60 | 6000 | 5990 | 10 | 412 |"]  # fmt: skip
+    table = render(rows, [], "pytest", "now", soak)
+    assert "| 60 | 6000 | 5990 | 10 | 412 |" in table
+    assert keys_of_table(table) == keys_of_table(render(rows, [], "pytest", "now", []))
     rerun = [
         Row(
             "area",

@@ -106,6 +106,7 @@ def test_three_workers_one_killed_one_started_lose_nothing_and_redo_only_the_in_
             deliveries(settings, settings.topic_scored),
             allowed,
             slack=REBALANCE_SLACK,
+            sent=deliveries(settings, settings.topic_raw),
         )
     finally:
         for worker in workers:

@@ -1,6 +1,12 @@
 """A background feed for fault tests: paced items on the raw topic, each placement noted,
 each send retried until the broker takes it (so a broker outage delays items, never drops
-them)."""
+them).
+
+The producer is idempotent and retries by itself for up to two minutes, so a send whose
+acknowledgement was lost at a broker fault is retried with its sequence number and the broker
+drops the copy. Only when that gives up does the feed send the item again, as a new record
+that may then sit on the topic twice (`send_failures` counts those; the fault tests read the
+raw topic's copies per item, `tests.support.counting.Tally.sent`)."""
 
 from __future__ import annotations
 
@@ -44,8 +50,9 @@ class Feed(threading.Thread):
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
             acks="all",
             linger_ms=5,
-            retries=5,
+            enable_idempotence=True,
             request_timeout_ms=10_000,
+            delivery_timeout_ms=120_000,
             **self.settings.kafka_client_options(),
         )
         pacer = Pacer(self.rate)
@@ -60,7 +67,7 @@ class Feed(threading.Thread):
                     try:
                         meta = producer.send(
                             self.settings.topic_raw, key=item_id.encode(), value=value
-                        ).get(timeout=30)
+                        ).get(timeout=150)
                         break
                     except KafkaError:
                         self.send_failures += 1

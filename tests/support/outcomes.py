@@ -14,6 +14,10 @@ differs from what the run measured in its rows and outcomes: area, case and expe
 fails the check by itself; a changed, added, removed or failing row does until the
 regenerated file is committed.
 
+The soak (`benchmarks/soak.py --report benchmarks/results/soak.md`, 20 minutes: a command,
+not a test) is printed into its own file; the report includes that file as it is, below the
+rows, so RELIABILITY.md carries the soak's figures with the command that printed them.
+
 Options: `--reliability-report FILE` writes the report even from a partial run;
 `--reliability-rows FILE` also writes the rows as JSON. `python -m tests.support.outcomes
 --selection` prints the test paths `make reliability` runs.
@@ -39,6 +43,8 @@ REPORT = "RELIABILITY.md"
 RELIABILITY_FILES = ("tests/test_reliability_*.py", "tests/test_worker_*.py")
 # ... and so is the check of the committed table.
 TABLE_CHECK = "tests/test_reliability_table.py"
+# Printed by `benchmarks/soak.py --report`; included in the report when present.
+SOAK_REPORT = "benchmarks/results/soak.md"
 
 
 @dataclass
@@ -141,7 +147,24 @@ def measured_rows() -> list[Row]:
     return rows
 
 
-def render(rows: list[Row], results: list[RunResult], command: str, when: str) -> str:
+def soak_section(root: Path) -> list[str]:
+    """The soak's own report (`SOAK_REPORT`) under a heading of its own, if it was printed."""
+    path = root / SOAK_REPORT
+    if not path.exists():
+        return []
+    return [
+        "## Soak: the real worker under steady load for 20 minutes (`benchmarks/soak.py`)",
+        "",
+        f"Not part of this test run: included from `{SOAK_REPORT}` as the command printed it.",
+        "",
+        path.read_text().rstrip(),
+        "",
+    ]
+
+
+def render(
+    rows: list[Row], results: list[RunResult], command: str, when: str, soak: list[str]
+) -> str:
     ok = sum(r.ok for r in rows)
     lines = [
         "# Reliability and security: faults and bad input tried, and what happened",
@@ -187,6 +210,7 @@ def render(rows: list[Row], results: list[RunResult], command: str, when: str) -
                 f"| {mark} | `{test}` |"
             )
         lines.append("")
+    lines += soak
     if results:
         lines += ["## Tests in this run", "", "| test | result | seconds |", "|---|---|---|"]
         for result in results:
@@ -361,7 +385,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             )
         )
     if report:
-        Path(report).write_text(render(rows, results, command, when))
+        Path(report).write_text(render(rows, results, command, when, soak_section(state.root)))
 
 
 def main(argv: list[str]) -> None:
@@ -374,6 +398,7 @@ def main(argv: list[str]) -> None:
         [RunResult(**r) for r in data["results"]],
         data["command"],
         data["when"],
+        soak_section(Path(__file__).resolve().parents[2]),
     )
     if len(argv) > 1:
         Path(argv[1]).write_text(text)
