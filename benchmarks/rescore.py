@@ -3,7 +3,7 @@
 Indexes `--backfill` items as if an older model had scored them, starts the real worker on
 fresh topics (serving `--model`), replays dataset rows at `--rate` items/s twice: once
 alone (baseline) and once while `finsentry rescore` re-scores the backfill with the same
-model (at its default niceness and rate cap). Prints, for both phases, the live
+model (at its default niceness, rate cap and yield limit). Prints, for both phases, the live
 produce-to-searchable p50/p95/p99, and the rescore's items/s.
 
     .venv/bin/python benchmarks/rescore.py --model artifacts/models/<stamp>-<v>/exports/<int8>
@@ -160,7 +160,8 @@ def main() -> None:
             es.options(ignore_status=404).indices.delete(index=index)
 
     table = Table(title=f"rescore under live traffic at {args.rate:.0f}/s ({model.name})")
-    for column in ("phase", "live items", "p50 s", "p95 s", "p99 s", "rescored", "rescore items/s"):
+    for column in ("phase", "live items", "p50 s", "p95 s", "p99 s", "rescored",
+                   "rescore items/s", "rescore paused s"):  # fmt: skip
         table.add_column(column, justify="right")
     for name, latencies, result in rows:
         table.add_row(
@@ -171,6 +172,7 @@ def main() -> None:
             f"{percentile(latencies, 99):.2f}",
             str(result["updated"]) if result else "-",
             f"{result['updated'] / result['seconds']:.1f}" if result else "-",
+            f"{result.get('yielded_s', 0):.0f}" if result else "-",
         )
     Console().print(table)
 

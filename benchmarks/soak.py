@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
-from kafka.admin import OffsetSpec
+from kafka import KafkaAdminClient, KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +49,7 @@ from finsentry.es_client import make_es_client
 from finsentry.feeds.producer import Pacer, make_producer
 from finsentry.models.artifact import resolve_artifact
 from finsentry.settings import Settings
+from finsentry.streams.consumer_lag import consumer_lag
 
 FORWARDED = ("app_id", "topic_raw", "topic_scored", "topic_dead_letters", "items_index",
              "company_verdicts_index", "dead_letters_index", "metrics_port")  # fmt: skip
@@ -118,21 +118,6 @@ def rss_mib(pid: int) -> float:
         return sum(p.memory_info().rss for p in processes) / 2**20
     except psutil.NoSuchProcess:
         return 0.0
-
-
-def consumer_lag(admin: KafkaAdminClient, group: str, topic: str, partitions: int) -> int:
-    """End offsets minus the group's committed offsets (nothing committed: from 0)."""
-    specs = {TopicPartition(topic, p): OffsetSpec.LATEST for p in range(partitions)}
-    try:
-        ends = {tp.partition: o.offset for tp, o in admin.list_partition_offsets(specs).items()}
-    except Exception:  # the topic is created with the first message
-        return 0
-    committed = {
-        tp.partition: meta.offset
-        for tp, meta in admin.list_group_offsets({group: None}).get(group, {}).items()
-        if tp.topic == topic and meta.offset >= 0
-    }
-    return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
 
 
 def wait_until_serving(  # type: ignore[no-untyped-def]

@@ -131,12 +131,18 @@ class Settings(BaseSettings):
     default_train_overrides: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig fields over the default recipe (JSON)."
     )
-    rescore_batch: int = Field(256, ge=1, le=10_000, description="Items a rescore bulk.")
+    rescore_batch: int = Field(64, ge=1, le=10_000, description="Items a rescore page (bulk).")
     rescore_max_rate: float = Field(
         0.0, ge=0, description="Most items/s a rescore runs at; 0 = as fast as `nice` allows."
     )
     rescore_nice: int = Field(
         10, ge=0, le=19, description="CPU niceness of a rescore, so live scoring comes first."
+    )
+    rescore_yield_lag: int = Field(
+        100,
+        ge=0,
+        description="A rescore pauses between pages while the live worker has more than this "
+        "many items waiting on the raw topic (its consumer lag); 0 = never.",
     )
     run_stop_grace: float = Field(
         20.0, gt=0, description="Seconds `finsentry run`'s children get to stop, then killed."

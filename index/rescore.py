@@ -13,8 +13,12 @@ Nothing is re-scored twice and nothing is missed:
 - each update is conditional on the document's `_seq_no` / `_primary_term` as read, so an
   item the live worker re-wrote meanwhile (a replay) is left alone (counted as a conflict).
 
-Throttling: the command runs at a lower CPU priority (`FINSENTRY_RESCORE_NICE`) and at most
-`FINSENTRY_RESCORE_MAX_RATE` items/s, so live scoring keeps its latency.
+Throttling, so live scoring keeps its latency: the command runs at a lower CPU priority
+(`FINSENTRY_RESCORE_NICE`), at most `FINSENTRY_RESCORE_MAX_RATE` items/s, and it yields to
+live traffic: before each page it asks `yield_to` (the CLI: is the live worker's backlog on
+the raw topic over `FINSENTRY_RESCORE_YIELD_LAG` items?, streams/consumer_lag.py) and waits
+while the answer is yes. Nice alone does not do it: the Elasticsearch work a rescore causes
+runs at the node's priority, and a page in scoring holds both cores for its length.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIT_KEEP_ALIVE = "5m"
+YIELD_POLL_S = 0.5  # while yielding to live traffic: how often to ask again
 SORT: list[dict[str, Any]] = [{"scored_at": "asc"}, {"id": "asc"}]
 RESCORE_MAPPING: dict[str, Any] = {
     "rescored_at": {"type": "date"},
@@ -94,6 +99,7 @@ class RescoreResult(BaseModel):
     resumed: bool
     seconds: float
     finished: bool
+    yielded_s: float = Field(0.0, description="Seconds paused for live traffic.")
 
     @property
     def items_per_s(self) -> float:
@@ -287,11 +293,13 @@ def rescore(
     progress: bool = False,
     stop: threading.Event | None = None,
     verdicts_index: str | None = None,
+    yield_to: Callable[[], bool] | None = None,
 ) -> RescoreResult:
     """Re-score the selection with `scorer`, resuming from `checkpoint_path` if it holds a
     checkpoint of the same selection and target model. Returns when the selection is done
     (the checkpoint is then removed) or `stop` is set (it is kept). With `verdicts_index`,
-    the items' flat per-company verdicts (index/company_verdicts.py) are rewritten too."""
+    the items' flat per-company verdicts (index/company_verdicts.py) are rewritten too.
+    Before each page, waits while `yield_to()` says live traffic is behind."""
     from tqdm.auto import tqdm
 
     target = scorer.version
@@ -320,8 +328,12 @@ def rescore(
         dynamic_ncols=True,
     )
     finished = False
+    yielded = 0.0
     try:
         while stop is None or not stop.is_set():
+            yielded += _yield(yield_to, stop, bar)
+            if stop is not None and stop.is_set():
+                break
             tick = time.perf_counter()
             body: dict[str, Any] = {
                 "size": batch,
@@ -381,7 +393,27 @@ def rescore(
         resumed=resumed,
         seconds=time.perf_counter() - started,
         finished=finished,
+        yielded_s=yielded,
     )
+
+
+def _yield(yield_to: Callable[[], bool] | None, stop: threading.Event | None, bar: Any) -> float:
+    """Wait while `yield_to()` is true (or until `stop`); returns the seconds waited."""
+    if yield_to is None:
+        return 0.0
+    waited = 0.0
+    while yield_to():
+        if waited == 0.0:
+            bar.set_postfix_str("live traffic behind: waiting")
+        if stop is not None:
+            if stop.wait(YIELD_POLL_S):
+                break
+        else:
+            time.sleep(YIELD_POLL_S)
+        waited += YIELD_POLL_S
+    if waited:
+        bar.set_postfix_str("")
+    return waited
 
 
 def remaining(es: Elasticsearch, query: RescoreQuery, target_version: str) -> int:

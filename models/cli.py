@@ -154,6 +154,7 @@ def rescore_command(
     from finsentry.index.rescore import RescoreQuery, checkpoint_file, parse_time, rescore
     from finsentry.models.artifact import ArtifactError
     from finsentry.models.scorer import load_scorer
+    from finsentry.streams.consumer_lag import live_backlog
 
     settings = _settings(ctx)
     if settings.rescore_nice:
@@ -178,6 +179,7 @@ def rescore_command(
     if restart:
         Path(checkpoint).unlink(missing_ok=True)
     es = make_es_client(settings)
+    behind, close_backlog = live_backlog(settings)
     try:
         result = rescore(
             es,
@@ -188,8 +190,10 @@ def rescore_command(
             max_rate=settings.rescore_max_rate if max_rate is None else max_rate,
             progress=progress,
             verdicts_index=settings.company_verdicts_index,
+            yield_to=behind,
         )
     finally:
+        close_backlog()
         es.close()
     if as_json:
         typer.echo(json.dumps({**result.model_dump(), "items_per_s": result.items_per_s}))
@@ -197,8 +201,8 @@ def rescore_command(
         typer.echo(
             f"re-scored {result.updated:,} items with {result.target_version} in "
             f"{result.seconds:.1f} s ({result.items_per_s:.1f} items/s"
-            f"{', resumed' if result.resumed else ''}; {result.conflicts} skipped: re-written "
-            "by the worker meanwhile)"
+            f"{', resumed' if result.resumed else ''}; {result.yielded_s:.0f} s paused for live "
+            f"traffic; {result.conflicts} skipped: re-written by the worker meanwhile)"
         )
 
 

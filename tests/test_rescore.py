@@ -181,6 +181,58 @@ def test_rescore_time_range_and_a_concurrent_rewrite(
         assert verdict["scored_at"] == docs[doc_id.split(":")[0]]["scored_at"]
 
 
+@pytest.mark.integration
+def test_rescore_waits_while_the_live_worker_is_behind(
+    settings: Settings, es: Any, bootstrap_models: Path, tmp_path: Path
+) -> None:
+    """Five items wait on the real raw topic, uncommitted by the live group: with a yield
+    limit of 2 the rescore re-scores nothing until the group commits them, then all."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from finsentry.streams.consumer_lag import live_backlog
+
+    live = settings.model_copy(update={"topic_partitions": 1, "rescore_yield_lag": 2})
+    producer = KafkaProducer(bootstrap_servers=live.kafka_bootstrap, acks="all")
+    for i in range(5):
+        producer.send(live.topic_raw, key=f"k{i}".encode(), value=b"{}", partition=0)
+    producer.flush()
+    producer.close()
+    _index_items(es, live.items_index)
+    scorer = load_scorer(Settings(models_dir=bootstrap_models))
+    query = RescoreQuery(index=live.items_index, from_version="v-old")
+    behind, close = live_backlog(live)
+    assert behind is not None and behind()
+    asked: list[int] = []
+
+    def yield_to() -> bool:
+        docs = _docs(es, live.items_index).values()
+        asked.append(sum(d["model_version"] == scorer.version for d in docs))
+        if len(asked) == 4:  # the live worker catches up: its group commits the five
+            consumer = KafkaConsumer(bootstrap_servers=live.kafka_bootstrap, group_id=live.app_id)
+            consumer.commit({TopicPartition(live.topic_raw, 0): OffsetAndMetadata(5, "", -1)})
+            consumer.close()
+        return behind()
+
+    try:
+        result = rescore(
+            es, scorer, query, checkpoint_path=tmp_path / "cp.json", batch=100, yield_to=yield_to
+        )
+    finally:
+        close()
+    # Asked before every page: nothing re-scored during the three waits, then a page a call.
+    assert asked == [0, 0, 0, 0, 100, 200, 300]
+    assert result.yielded_s == 3 * 0.5 and result.updated == SELECTED and result.finished
+    assert not live_backlog(live.model_copy(update={"rescore_yield_lag": 0}))[0]
+
+
+def test_lag_is_end_minus_committed_per_partition() -> None:
+    from finsentry.streams.consumer_lag import lag_of
+
+    assert lag_of({0: 10, 1: 7, 2: 3}, {0: 4, 2: 3}) == 6 + 7 + 0
+    assert lag_of({0: 5}, {0: 9}) == 0  # committed past a truncated end: never negative
+
+
 def test_selection_and_time_parsing() -> None:
     now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
     assert parse_time("2h", now) == datetime(2026, 1, 2, 10, 0, tzinfo=UTC)

@@ -216,6 +216,7 @@ def rescore_bootstrap_items(
     from finsentry.es_client import make_es_client
     from finsentry.index.rescore import RescoreQuery, checkpoint_file, remaining, rescore
     from finsentry.models.scorer import load_scorer
+    from finsentry.streams.consumer_lag import live_backlog
 
     es = make_es_client(settings)
     try:
@@ -237,15 +238,20 @@ def rescore_bootstrap_items(
                     total=left,
                     eta_s=None,
                 )
-            result = rescore(
-                es,
-                scorer,
-                query,
-                checkpoint_path=checkpoint_file(settings.state_dir, query, scorer.version),
-                batch=settings.rescore_batch,
-                max_rate=settings.rescore_max_rate,
-                verdicts_index=settings.company_verdicts_index,
-            )
+            behind, close_backlog = live_backlog(settings)
+            try:
+                result = rescore(
+                    es,
+                    scorer,
+                    query,
+                    checkpoint_path=checkpoint_file(settings.state_dir, query, scorer.version),
+                    batch=settings.rescore_batch,
+                    max_rate=settings.rescore_max_rate,
+                    verdicts_index=settings.company_verdicts_index,
+                    yield_to=behind,
+                )
+            finally:
+                close_backlog()
             total += result.updated
         return total
     finally:
