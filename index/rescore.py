@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
     from finsentry.models.scorer import Scorer
+    from finsentry.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +396,37 @@ def rescore(
         finished=finished,
         yielded_s=yielded,
     )
+
+
+def rescore_as_configured(
+    es: Elasticsearch,
+    scorer: Scorer,
+    query: RescoreQuery,
+    settings: Settings,
+    *,
+    batch: int | None = None,
+    max_rate: float | None = None,
+    progress: bool = False,
+) -> RescoreResult:
+    """`rescore` as the settings say: its checkpoint under the state dir, page size and rate
+    cap (unless given), the per-company verdicts index, and yielding to the live worker."""
+    from finsentry.streams.consumer_lag import live_backlog
+
+    behind, close_backlog = live_backlog(settings)
+    try:
+        return rescore(
+            es,
+            scorer,
+            query,
+            checkpoint_path=checkpoint_file(settings.state_dir, query, scorer.version),
+            batch=batch or settings.rescore_batch,
+            max_rate=settings.rescore_max_rate if max_rate is None else max_rate,
+            progress=progress,
+            verdicts_index=settings.company_verdicts_index,
+            yield_to=behind,
+        )
+    finally:
+        close_backlog()
 
 
 def _yield(yield_to: Callable[[], bool] | None, stop: threading.Event | None, bar: Any) -> float:

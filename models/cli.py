@@ -151,10 +151,14 @@ def rescore_command(
 ) -> None:
     """Re-score indexed items with the live model (resumable: rerun after a kill)."""
     from finsentry.es_client import make_es_client
-    from finsentry.index.rescore import RescoreQuery, checkpoint_file, parse_time, rescore
+    from finsentry.index.rescore import (
+        RescoreQuery,
+        checkpoint_file,
+        parse_time,
+        rescore_as_configured,
+    )
     from finsentry.models.artifact import ArtifactError
     from finsentry.models.scorer import load_scorer
-    from finsentry.streams.consumer_lag import live_backlog
 
     settings = _settings(ctx)
     if settings.rescore_nice:
@@ -179,21 +183,11 @@ def rescore_command(
     if restart:
         Path(checkpoint).unlink(missing_ok=True)
     es = make_es_client(settings)
-    behind, close_backlog = live_backlog(settings)
     try:
-        result = rescore(
-            es,
-            scorer,
-            query,
-            checkpoint_path=checkpoint,
-            batch=batch or settings.rescore_batch,
-            max_rate=settings.rescore_max_rate if max_rate is None else max_rate,
-            progress=progress,
-            verdicts_index=settings.company_verdicts_index,
-            yield_to=behind,
+        result = rescore_as_configured(
+            es, scorer, query, settings, batch=batch, max_rate=max_rate, progress=progress
         )
     finally:
-        close_backlog()
         es.close()
     if as_json:
         typer.echo(json.dumps({**result.model_dump(), "items_per_s": result.items_per_s}))

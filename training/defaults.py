@@ -214,9 +214,8 @@ def rescore_bootstrap_items(
     with the old model until it has loaded the new one, so passes repeat (a few poll
     intervals apart) until none is left. Returns the items updated."""
     from finsentry.es_client import make_es_client
-    from finsentry.index.rescore import RescoreQuery, checkpoint_file, remaining, rescore
+    from finsentry.index.rescore import RescoreQuery, remaining, rescore_as_configured
     from finsentry.models.scorer import load_scorer
-    from finsentry.streams.consumer_lag import live_backlog
 
     es = make_es_client(settings)
     try:
@@ -238,21 +237,7 @@ def rescore_bootstrap_items(
                     total=left,
                     eta_s=None,
                 )
-            behind, close_backlog = live_backlog(settings)
-            try:
-                result = rescore(
-                    es,
-                    scorer,
-                    query,
-                    checkpoint_path=checkpoint_file(settings.state_dir, query, scorer.version),
-                    batch=settings.rescore_batch,
-                    max_rate=settings.rescore_max_rate,
-                    verdicts_index=settings.company_verdicts_index,
-                    yield_to=behind,
-                )
-            finally:
-                close_backlog()
-            total += result.updated
+            total += rescore_as_configured(es, scorer, query, settings).updated
         return total
     finally:
         es.close()
