@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaProducer
 from rich.console import Console
@@ -157,14 +158,15 @@ def main() -> None:
         es.options(ignore_status=404).indices.delete(index=index)
 
 
-def _poll(es, index: str, seen_at: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
-    """Record the first time each id is searchable (search sees refreshed segments only)."""
+def _poll(es, index: str, seen_at: dict[str, float], prefix: str = "") -> None:  # type: ignore[no-untyped-def]
+    """Record the first time each id (starting with `prefix`) is searchable (search sees
+    refreshed segments only)."""
     now = time.time()
+    query: dict[str, Any] = {"bool": {"must_not": {"ids": {"values": list(seen_at)}}}}
+    if prefix:
+        query["bool"]["filter"] = {"prefix": {"id": prefix}}
     response = es.options(ignore_status=404).search(
-        index=index,
-        size=10_000,
-        source=False,
-        query={"bool": {"must_not": {"ids": {"values": list(seen_at)}}}},
+        index=index, size=10_000, source=False, query=query
     )
     for hit in response.get("hits", {}).get("hits", []):
         seen_at.setdefault(hit["_id"], now)

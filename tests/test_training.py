@@ -157,6 +157,32 @@ def test_export_parity(multitask_artifact: Path, tmp_path: Path, quantize: str) 
     assert report["onnx_bytes"] < report["torch_bytes"]
     scorer = load_scorer(Settings(models_dir=tmp_path, model_path=path))
     assert scorer.version == manifest.version and len(scorer.score(texts[:3])) == 3
+    if quantize == "int8":  # recipes in order until one passes the gate; that one is kept
+        from finsentry.training.export import WEIGHT_RECIPES
+
+        tried = report["tried"]
+        assert [t["recipe"] for t in tried] == [r.name for r in WEIGHT_RECIPES[: len(tried)]]
+        worst = [min(t["agreement"].values()) for t in tried]
+        assert all(w < 0.99 for w in worst[:-1])
+        assert worst[-1] >= 0.99 or len(tried) == len(WEIGHT_RECIPES)
+        assert report["recipe"] == tried[-1]["recipe"] in (manifest.quantization or "")
+
+
+def test_an_int8_recipe_that_misses_the_gate_falls_back_to_the_next(
+    multitask_artifact: Path, tmp_path: Path
+) -> None:
+    """A gate no recipe can pass (agreement > 100 %): every recipe is tried in order, each
+    measured, and the last is what the export holds (the registry's gate then refuses it)."""
+    from finsentry.training.export import WEIGHT_RECIPES, export_onnx
+
+    texts = pd.read_csv(DATA / "tfn_topic" / "train.csv")["text"].head(40).tolist()
+    path, report = export_onnx(
+        multitask_artifact, output=tmp_path, quantize="int8", texts=texts, min_agreement=1.01
+    )
+    assert [t["recipe"] for t in report["tried"]] == [r.name for r in WEIGHT_RECIPES]
+    assert all(set(t["agreement"]) == {"sentiment", "topic"} for t in report["tried"])
+    assert report["recipe"] == WEIGHT_RECIPES[-1].name in (read_manifest(path).quantization or "")
+    assert json.loads((path / "parity.json").read_text())["recipe"] == WEIGHT_RECIPES[-1].name
 
 
 def test_corrupt_or_mislabelled_input_gives_a_clear_error(tiny_base: Path, tmp_path: Path) -> None:

@@ -312,7 +312,13 @@ def export(
             if text_col not in frame.columns:
                 raise DataError(f"{data}: no column {text_col!r}")
             texts = frame[text_col].dropna().astype(str).tolist()
-        path, report = export_onnx(model, output=output, quantize=quantize.value, texts=texts)
+        path, report = export_onnx(
+            model,
+            output=output,
+            quantize=quantize.value,
+            texts=texts,
+            min_agreement=min_agreement,
+        )
     except (DataError, ArtifactError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(
@@ -327,6 +333,12 @@ def export(
             f"{p['label_agreement']:.4f}, max prob diff {p['max_prob_diff']:.4f}, "
             f"mean {p['mean_prob_diff']:.5f}"
         )
+    if len(report.get("tried", [])) > 1 or report.get("recipe"):
+        tried = "; ".join(
+            f"{t['recipe']}: worst agreement {min(t['agreement'].values()):.4f}"
+            for t in report["tried"]
+        )
+        typer.echo(f"int8 recipe kept: {report['recipe']} (tried: {tried})")
     speed = report["throughput"]
     typer.echo(
         f"throughput (texts/s, this machine): PyTorch {speed['reference_texts_per_second']:.0f}, "

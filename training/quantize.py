@@ -16,11 +16,8 @@ import numpy as np
 
 SMOOTH_ALPHA = 0.75
 
-# uint8 weights (u8 x u8 products) rather than int8: on x86 CPUs without VNNI (AVX2 only,
-# like the 2-core machine this was measured on) ONNX Runtime multiplies u8 x s8 with an
-# instruction that saturates sums of two products at 16 bits, which cost 0.3-1 points of
-# label agreement with fp32; u8 x u8 widens first and does not saturate.
-# `benchmarks/int8_recipes.py` prints the comparison.
+# The default weight type here; `finsentry export` chooses per artifact between 7-bit int8
+# and uint8 weights by its parity gate (training/export.py, WEIGHT_RECIPES).
 WEIGHT_TYPE = "uint8"
 
 
