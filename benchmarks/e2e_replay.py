@@ -81,7 +81,11 @@ def main() -> None:
         ]
     ids = [f"{tag}-{i}" for i in range(len(texts))]
 
-    env = {f"FINSENTRY_{k.upper()}": str(getattr(settings, k)) for k in FORWARDED}
+    env = {
+        f"FINSENTRY_{k.upper()}": str(getattr(settings, k))
+        for k in FORWARDED
+        if getattr(settings, k) is not None
+    }
     env.update(FINSENTRY_MANAGE_SERVICES="false", FINSENTRY_MODEL_PATH=str(model))
     log = settings.state_dir / "logs" / f"{tag}-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +137,8 @@ def main() -> None:
 
     latencies = [seen_at[i] - sent_at[i] for i in ids if i in seen_at]
     table = Table(
-        title=f"end-to-end replay ({model.name}; refresh {settings.items_refresh_interval})"
+        title=f"end-to-end replay ({model.name}; refresh "
+        f"{settings.items_refresh_interval or 'default 1s'})"
     )
     for column in ("items", "indexed", "offered rate/s", "sustained items/s", "p50 s", "p95 s",
                    "p99 s", "max s"):  # fmt: skip

@@ -102,11 +102,12 @@ class Settings(BaseSettings):
     es_retry_on_timeout: bool = True
     es_max_retries: int = Field(3, ge=0)
     items_index: str = "finsentry-items"
-    items_refresh_interval: str = Field(
-        "1s",
+    items_refresh_interval: str | None = Field(
+        None,
         pattern=r"^(-1|\d+(ms|s|m))$",
         description="How often new items become searchable (the items index's "
-        "`refresh_interval`; part of the produce-to-searchable latency, see BENCHMARKS.md).",
+        "`refresh_interval`; part of the produce-to-searchable latency, see BENCHMARKS.md). "
+        "Unset: Elasticsearch's default (1s, and no refresh while nobody searches).",
     )
     company_verdicts_index: str = Field(
         "finsentry-company-verdicts",
