@@ -103,11 +103,11 @@ class Settings(BaseSettings):
     es_max_retries: int = Field(3, ge=0)
     items_index: str = "finsentry-items"
     items_refresh_interval: str | None = Field(
-        None,
+        "100ms",
         pattern=r"^(-1|\d+(ms|s|m))$",
         description="How often new items become searchable (the items index's "
-        "`refresh_interval`; part of the produce-to-searchable latency, see BENCHMARKS.md). "
-        "Unset: Elasticsearch's default (1s, and no refresh while nobody searches).",
+        "`refresh_interval`): part of the produce-to-searchable latency, chosen by "
+        "measurement (BENCHMARKS.md, 'Speed at full quality'); None leaves the index alone.",
     )
     company_verdicts_index: str = Field(
         "finsentry-company-verdicts",
