@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 PIT_KEEP_ALIVE = "5m"
 YIELD_POLL_S = 0.5  # while yielding to live traffic: how often to ask again
+# After a pause this long a new point in time is opened (the old one lives PIT_KEEP_ALIVE
+# after its last use); search_after from the checkpoint continues in it, as on a resume.
+REOPEN_AFTER_S = 60.0
 SORT: list[dict[str, Any]] = [{"scored_at": "asc"}, {"id": "asc"}]
 RESCORE_MAPPING: dict[str, Any] = {
     "rescored_at": {"type": "date"},
@@ -332,9 +335,13 @@ def rescore(
     yielded = 0.0
     try:
         while stop is None or not stop.is_set():
-            yielded += _yield(yield_to, stop, bar)
+            waited = _yield(yield_to, stop, bar)
+            yielded += waited
             if stop is not None and stop.is_set():
                 break
+            if waited >= REOPEN_AFTER_S:  # the point in time may have expired meanwhile
+                _close_pit(es, pit)
+                pit = es.open_point_in_time(index=query.index, keep_alive=PIT_KEEP_ALIVE)["id"]
             tick = time.perf_counter()
             body: dict[str, Any] = {
                 "size": batch,
@@ -380,10 +387,7 @@ def rescore(
                     time.sleep(wait)
     finally:
         bar.close()
-        try:
-            es.close_point_in_time(id=pit)
-        except Exception as exc:  # expired meanwhile: it goes by itself
-            log.debug("closing the point in time failed: %s", exc)
+        _close_pit(es, pit)
     if finished:
         Path(checkpoint_path).unlink(missing_ok=True)
     return RescoreResult(
@@ -427,6 +431,13 @@ def rescore_as_configured(
         )
     finally:
         close_backlog()
+
+
+def _close_pit(es: Elasticsearch, pit: str) -> None:
+    try:
+        es.close_point_in_time(id=pit)
+    except Exception as exc:  # expired meanwhile: it goes by itself
+        log.debug("closing the point in time failed: %s", exc)
 
 
 def _yield(yield_to: Callable[[], bool] | None, stop: threading.Event | None, bar: Any) -> float:

@@ -183,14 +183,31 @@ def test_rescore_time_range_and_a_concurrent_rewrite(
 
 @pytest.mark.integration
 def test_rescore_waits_while_the_live_worker_is_behind(
-    settings: Settings, es: Any, bootstrap_models: Path, tmp_path: Path
+    settings: Settings,
+    es: Any,
+    bootstrap_models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Five items wait on the real raw topic, uncommitted by the live group: with a yield
-    limit of 2 the rescore re-scores nothing until the group commits them, then all."""
+    limit of 2 the rescore re-scores nothing until the group commits them, then all (in a
+    new point in time: the pause is made longer than the reopen threshold)."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
+    from finsentry.index import rescore as rescore_module
     from finsentry.streams.consumer_lag import live_backlog
+
+    monkeypatch.setattr(rescore_module, "REOPEN_AFTER_S", 1.0)
+    opened: list[str] = []
+    real_open = es.open_point_in_time
+
+    def counting_open(**kwargs: Any) -> Any:
+        response = real_open(**kwargs)
+        opened.append(response["id"])
+        return response
+
+    monkeypatch.setattr(es, "open_point_in_time", counting_open)
 
     live = settings.model_copy(update={"topic_partitions": 1, "rescore_yield_lag": 2})
     producer = KafkaProducer(bootstrap_servers=live.kafka_bootstrap, acks="all")
@@ -223,6 +240,7 @@ def test_rescore_waits_while_the_live_worker_is_behind(
     # Asked before every page: nothing re-scored during the three waits, then a page a call.
     assert asked == [0, 0, 0, 0, 100, 200, 300]
     assert result.yielded_s == 3 * 0.5 and result.updated == SELECTED and result.finished
+    assert len(opened) == 2  # one at the start, one after the 1.5 s pause
     assert not live_backlog(live.model_copy(update={"rescore_yield_lag": 0}))[0]
 
 

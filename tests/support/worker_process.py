@@ -71,8 +71,13 @@ class WorkerProcess:
 
 
 def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, worker: WorkerProcess | None = None
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    worker: WorkerProcess | None = None,
+    interval: float = 0.5,
 ) -> None:
+    """Poll `condition` every `interval` seconds; fail after `timeout` or when `worker` exits."""
     deadline = time.monotonic() + timeout
     while not condition():
         if worker is not None and worker.proc.poll() is not None:
@@ -82,4 +87,4 @@ def wait_until(
         if time.monotonic() > deadline:
             tail = worker.log_text()[-4000:] if worker is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
-        time.sleep(0.5)
+        time.sleep(interval)
