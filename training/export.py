@@ -309,6 +309,7 @@ def export_onnx(
             return path
 
         reference = ArtifactScorer(model_dir, device="cpu")
+        news = news_parity_texts(manifest)  # once, not per recipe (None: no per-company head)
         tried: list[dict[str, Any]] = []
         for recipe in WEIGHT_RECIPES if quantize == "int8" else (None,):
             for group, name, feeds in groups:
@@ -324,7 +325,6 @@ def export_onnx(
                     weight_type=recipe.weight_type,
                     reduce_range=recipe.reduce_range,
                 )
-            news = news_parity_texts(manifest) if entity_spec is not None else None
             params = {"parent": manifest.params, "export": {"quantize": quantize, "opset": opset}}
             fields = {
                 **manifest.model_dump(
@@ -348,7 +348,7 @@ def export_onnx(
             candidate = ArtifactScorer(stage.path, device="cpu")
             checked = parity(reference, candidate, texts)
             throughput = checked.pop("throughput")
-            if news is not None:
+            if news is not None and entity_spec is not None:
                 checked[ENTITY] = parity(reference, candidate, news[0], news[1])[ENTITY]
             agreement = {task: c["label_agreement"] for task, c in checked.items()}
             tried.append({"recipe": recipe.name if recipe else None, "agreement": agreement})
