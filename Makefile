@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test reliability lint services-up services-down clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar off -e '.[dev]'
+	$(BIN)/pip install --progress-bar off -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed

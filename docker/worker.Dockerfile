@@ -9,10 +9,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first (the large, rarely changing layer), read from pyproject.toml.
-COPY pyproject.toml ./
+# Dependencies first (the large, rarely changing layer), read from pyproject.toml, with the
+# numeric stack pinned as the model card was measured (constraints.txt).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+    && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY . .
 RUN pip install --no-deps . && finsentry --help > /dev/null
 

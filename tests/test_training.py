@@ -300,3 +300,41 @@ def test_smoothing_keeps_the_float_model_exact(multitask_artifact: Path, tmp_pat
     for feed in feeds:
         for a, b in zip(before.run(None, feed), after.run(None, feed), strict=True):
             assert np.allclose(a, b, atol=1e-4)
+
+
+def _weights(artifact: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(artifact / "sentiment" / "model.safetensors")
+
+
+def test_ema_keeps_the_moving_average_not_the_last_weights(tiny_base: Path, tmp_path: Path) -> None:
+    """With a decay next to 1 the average barely moves from its first value: the weights after
+    step one. A run of one step is that; the same run's raw weights (no EMA) are not."""
+    plain = {"baselines": False, "warmup_ratio": 0.0, "eval_every": 10_000, "epochs": 1}
+    averaged = run_training(tiny_config(tiny_base, tmp_path / "ema", ema_decay=0.9999999, **plain))
+    raw = run_training(tiny_config(tiny_base, tmp_path / "raw", **plain))
+    one_step = run_training(tiny_config(tiny_base, tmp_path / "one", **{**plain, "epochs": 0.01}))
+    assert json.loads((one_step / "metrics.json").read_text())["training"]["steps"] == 1
+    ema, last, first = _weights(averaged), _weights(raw), _weights(one_step)
+    assert json.loads((averaged / "metrics.json").read_text())["training"]["steps"] > 5
+    moved = max(float(np.abs(last[k] - first[k]).max()) for k in first)
+    off = max(float(np.abs(ema[k] - first[k]).max()) for k in first)
+    assert moved > 1e-3, moved  # training went on after the first step
+    assert off < moved / 100, (off, moved)
+
+
+def test_other_seeds_are_scored_on_the_same_held_out_examples(tmp_path: Path) -> None:
+    from finsentry.training.train import load_all, load_news
+
+    def held_out(**seeds: int) -> tuple[list[str], list[str]]:
+        config = tiny_config(tmp_path, tmp_path, max_train_samples=500, **seeds)
+        config = config.model_copy(update={"entity_data": str(DATA / "finentity/train.jsonl")})
+        news = load_news(config, ["bearish", "bullish", "neutral"])
+        assert news is not None
+        return list(load_all(config)["sentiment"].test["text"]), [t.text for t in news.test]
+
+    base = held_out(seed=1)
+    assert held_out(seed=2) == base
+    moved = held_out(seed=1, split_seed=7)
+    assert moved[0] != base[0] and moved[1] != base[1]

@@ -129,6 +129,9 @@ def train(
     max_grad_norm: float | None = typer.Option(None),
     class_weights: bool | None = typer.Option(None, "--class-weights/--no-class-weights"),
     label_smoothing: float | None = typer.Option(None),
+    ema_decay: float | None = typer.Option(
+        None, help="Keep a moving average of the weights (per-step decay; 0 = off)."
+    ),
     freeze: FreezeOption | None = typer.Option(None, help="full, top_k (with --top-k) or head."),
     top_k: int | None = typer.Option(None),
     lora: bool | None = typer.Option(None, "--lora/--no-lora", help="LoRA adapters (peft)."),
@@ -140,7 +143,10 @@ def train(
     max_samples: int | None = typer.Option(None, help="Use at most this many rows per task."),
     val_frac: float | None = typer.Option(None),
     test_frac: float | None = typer.Option(None),
-    seed: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None, help="Initialisation, dropout and batch order."),
+    split_seed: int | None = typer.Option(
+        None, help="Data splits (keep it to score several seeds on the same held-out sets)."
+    ),
     baselines: bool | None = typer.Option(None, "--baselines/--no-baselines"),
     threads: int | None = typer.Option(None, help="torch CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -170,6 +176,7 @@ def train(
         "max_grad_norm": max_grad_norm,
         "class_weights": class_weights,
         "label_smoothing": label_smoothing,
+        "ema_decay": ema_decay,
         "freeze": freeze.value if freeze else None,
         "top_k": top_k,
         "lora": lora,
@@ -182,6 +189,7 @@ def train(
         "val_frac": val_frac,
         "test_frac": test_frac,
         "seed": seed,
+        "split_seed": split_seed,
         "baselines": baselines,
         "threads": threads,
         "progress": progress,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
@@ -441,6 +442,14 @@ def fit(
     temperature = config.distill_temperature
     alpha = config.distill_alpha if soft else 0.0
 
+    # With ema_decay the evaluated and kept weights are a moving average of the trained ones.
+    average = (
+        AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+        if config.ema_decay > 0
+        else None
+    )
+    kept: TaskHeads = average.module if average is not None else module  # type: ignore[assignment]
+
     history: list[dict[str, Any]] = []
     best_score, best_step, best_state = -1.0, 0, None
     since_best, step, stopped = 0, 0, False
@@ -500,6 +509,8 @@ def fit(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update_parameters(module)
             step += 1
             value = float(loss.detach())
             running = value if running is None else 0.95 * running + 0.05 * value
@@ -508,7 +519,7 @@ def fit(
             bar.set_postfix(loss=f"{running:.4f}", best_f1=f"{max(best_score, 0):.4f}")
             if step % eval_every == 0 or step == total_steps:
                 tock = time.perf_counter()
-                record = evaluate_val(module, tokenizer, val, config, device)
+                record = evaluate_val(kept, tokenizer, val, config, device)
                 record.update(
                     step=step,
                     epoch=step / steps_per_epoch,
@@ -519,7 +530,7 @@ def fit(
                 if record["val_score"] > best_score:
                     best_score, best_step, since_best = record["val_score"], step, 0
                     best_state = copy.deepcopy(
-                        {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
+                        {k: v.detach().to("cpu") for k, v in kept.state_dict().items()}
                     )
                 else:
                     since_best += 1

@@ -56,7 +56,7 @@ def load_all(config: TrainConfig, *, preprocess: bool = True) -> dict[str, TaskD
             config.data[task],
             val_frac=config.val_frac,
             test_frac=config.test_frac,
-            seed=config.seed,
+            seed=config.split_seed,
             max_samples=config.max_train_samples,
         )
         for frame in (data.train, data.val, data.test) if preprocess else ():
@@ -84,7 +84,7 @@ def load_news(config: TrainConfig, labels: list[str]) -> NewsData | None:
         return None
     texts = read_finentity(Path(config.entity_data), labels, preprocessor(config.preprocess))
     train, val, test = split_news(
-        texts, config.entity_val_frac, config.entity_test_frac, config.seed
+        texts, config.entity_val_frac, config.entity_test_frac, config.split_seed
     )
     digest = hashlib.sha256("\n".join(t.text for t in texts).encode()).hexdigest()[:16]
     return NewsData(
@@ -97,7 +97,7 @@ def load_news(config: TrainConfig, labels: list[str]) -> NewsData | None:
             "entities": sum(len(t.entities) for t in texts),
             "sha256": digest,
             "split": {"train": len(train), "val": len(val), "test": len(test)},
-            "seed": config.seed,
+            "seed": config.split_seed,
         },
     )
 
