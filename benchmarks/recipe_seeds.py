@@ -74,6 +74,7 @@ def run_row(path: Path) -> dict[str, object]:
         "split_seed": recipe["split_seed"],
         "recipe": recipe,
         "best": f"{training['best_step']}/{training['steps']}",
+        "val_score": training["best_val_score"],
         "minutes": training["total_seconds"] / 60,
         "scores": scores,
     }
@@ -94,13 +95,16 @@ def summary(rows: list[dict[str, object]], label: str) -> list[str]:
         for task, *_ in COLUMNS:
             values = [r["scores"][task] for r in rows if task in r["scores"]]  # type: ignore[index,operator]
             cells.append(f"**{reduce(values):.4f}**" if len(values) > 1 else "")
-        lines.append(f"| {name} ({len(rows)} seeds) | | {label} | | | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} ({len(rows)} seeds) | | {label} | | | | " + " | ".join(cells) + " |"
+        )
     return lines
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    head = ["artifact", "seed", "recipe", "best step", "minutes"] + [c[2] for c in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * len(COLUMNS)]
+    head = ["artifact", "seed", "recipe", "best step", "minutes", "validation score"]
+    head += [c[2] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (1 + len(COLUMNS))]
     first = rows[0]["recipe"]
     assert isinstance(first, dict)
     groups: dict[str, list[dict[str, object]]] = {}
@@ -112,12 +116,12 @@ def table(rows: list[dict[str, object]]) -> str:
         cells = [f"{scores[c[0]]:.4f}" if c[0] in scores else "" for c in COLUMNS]
         lines.append(
             f"| `{row['artifact']}` | {row['seed']} | {label} | {row['best']} "
-            f"| {row['minutes']:.0f} | " + " | ".join(cells) + " |"
+            f"| {row['minutes']:.0f} | {row['val_score']:.4f} | " + " | ".join(cells) + " |"
         )
     for label, members in groups.items():
         if len(members) > 1:
             lines += summary(members, label)
-    lines.append("| bar | | | | | " + " | ".join(f">= {c[3]}" for c in COLUMNS) + " |")
+    lines.append("| bar | | | | | | " + " | ".join(f">= {c[3]}" for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
