@@ -338,3 +338,22 @@ def test_other_seeds_are_scored_on_the_same_held_out_examples(tmp_path: Path) ->
     assert held_out(seed=2) == base
     moved = held_out(seed=1, split_seed=7)
     assert moved[0] != base[0] and moved[1] != base[1]
+
+
+def test_an_older_recipe_keeps_the_split_its_seed_chose(
+    multitask_artifact: Path, tmp_path: Path
+) -> None:
+    """Before `split_seed`, `seed` chose the split: re-training such a model must split the
+    same way, or its held-out comparison would score texts the live model trained on."""
+    import shutil
+
+    from finsentry.training.retrain import current_recipe
+
+    old = tmp_path / multitask_artifact.name
+    shutil.copytree(multitask_artifact, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["params"].pop("split_seed")
+    manifest["params"]["seed"] = 43
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    recipe = current_recipe(Settings(models_dir=tmp_path), old)
+    assert (recipe.seed, recipe.split_seed) == (43, 43)
