@@ -148,7 +148,7 @@ def main() -> None:
     heads = list(manifest.tasks)
     console = Console()
     gflops_before = matmul_gflops("cpu")
-    config = TrainConfig.model_validate({**manifest.params, "output_dir": "."})
+    config = TrainConfig.from_manifest(manifest.params, output_dir=".")
     data = load_all(config, preprocess=False)
     test_texts = [t for d in data.values() for t in d.test["text"].tolist()]
     test_feeds = calibration_feeds(root, manifest, test_texts)

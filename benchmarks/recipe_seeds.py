@@ -6,9 +6,9 @@ per seed (`--seed`, sequentially, each a full `finsentry train`) and/or reads ar
 already trained (`--artifact`), then prints one row per run and the mean, standard
 deviation and minimum of the held-out test scores per recipe, with the bars beside them
 (a run whose parameters differ from the first run's is labelled with the difference and
-summarised apart). All runs of one table must share the data split (`--split-seed`,
-default 42): then they are scored on the same held-out examples, and runs of one recipe
-differ only by initialisation, dropout and batch order.
+summarised apart). All runs of one table must share the data split (`finsentry train
+--split-seed`, default 42; pass it after `--`): then they are scored on the same held-out
+examples, and runs of one recipe differ only by initialisation, dropout and batch order.
 
     .venv/bin/python benchmarks/recipe_seeds.py --seed 42 --seed 43 --seed 44 \
         --output /tmp/seeds -- --epochs 8       # arguments after -- go to `finsentry train`

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -141,6 +141,12 @@ class TrainConfig(BaseModel):
 
     def tasks(self) -> list[str]:
         return list(TASKS) if self.task == "multitask" else [self.task]
+
+    @classmethod
+    def from_manifest(cls, params: dict[str, Any], **updates: object) -> TrainConfig:
+        """The recipe an artifact's manifest records. Before `split_seed` existed, `seed`
+        also chose the data split: such a recipe keeps splitting with its seed."""
+        return cls.model_validate({"split_seed": params.get("seed", 42), **params, **updates})
 
 
 def default_data(data_dir: Path, task: Task) -> dict[str, DataSpec]:

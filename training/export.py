@@ -208,7 +208,7 @@ def split_texts(manifest: Manifest, split: str = "test", limit: int | None = Non
     from finsentry.training.train import load_all
 
     try:
-        config = TrainConfig.model_validate({**manifest.params, "output_dir": "."})
+        config = TrainConfig.from_manifest(manifest.params, output_dir=".")
     except ValueError as exc:
         raise ArtifactError(
             "the artifact does not record how it was trained; pass --data for the parity check"
@@ -231,7 +231,7 @@ def news_parity_texts(
     if manifest.entity is None:
         return None
     try:
-        config = TrainConfig.model_validate({**manifest.params, "output_dir": "."})
+        config = TrainConfig.from_manifest(manifest.params, output_dir=".")
         news = load_news(config, manifest.entity.labels)
     except (ValueError, OSError):
         return None

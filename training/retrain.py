@@ -88,10 +88,8 @@ def current_recipe(settings: Settings, live: Path | None) -> TrainConfig:
                 parent = find_artifact(settings.models_dir, manifest.parent_version)
                 manifest = read_manifest(parent)
         try:
-            # Before split_seed existed, the recipe's seed also chose the data split.
-            params = {"split_seed": manifest.params.get("seed", 42), **manifest.params}
-            return TrainConfig.model_validate(
-                {**params, "output_dir": settings.models_dir, "progress": False}
+            return TrainConfig.from_manifest(
+                manifest.params, output_dir=settings.models_dir, progress=False
             )
         except ValidationError:
             log.info("live model %s has no training recipe: the default one", manifest.version)
