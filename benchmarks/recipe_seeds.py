@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from finsentry.training.config import TrainConfig
+
 # Held-out test sets of the model card, the score reported, and the bar (issue #16).
 COLUMNS = [
     ("sentiment", "accuracy", "tweets, sentiment", 0.87),
@@ -59,9 +61,9 @@ def run_row(path: Path) -> dict[str, object]:
     manifest = json.loads((path / "manifest.json").read_text())
     metrics = json.loads((path / "metrics.json").read_text())
     params = manifest["params"]
-    recipe = {k: v for k, v in params.items() if k not in NOT_RECIPE}
-    recipe.setdefault("ema_decay", 0.0)
-    recipe.setdefault("split_seed", params.get("seed"))
+    # Read as training reads it: defaults for fields newer than the run, its split seed.
+    config = TrainConfig.from_manifest(params, output_dir=".")
+    recipe = config.model_dump(mode="json", exclude=NOT_RECIPE)
     scores = {
         task: metrics["tasks"][task]["test"][metric]
         for task, metric, _, _ in COLUMNS
@@ -70,7 +72,7 @@ def run_row(path: Path) -> dict[str, object]:
     training = metrics["training"]
     return {
         "artifact": path.name,
-        "seed": params.get("seed"),
+        "seed": config.seed,
         "split_seed": recipe["split_seed"],
         "recipe": recipe,
         "best": f"{training['best_step']}/{training['steps']}",
