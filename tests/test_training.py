@@ -357,3 +357,59 @@ def test_an_older_recipe_keeps_the_split_its_seed_chose(
     (old / "manifest.json").write_text(json.dumps(manifest))
     recipe = current_recipe(Settings(models_dir=tmp_path), old)
     assert (recipe.seed, recipe.split_seed) == (43, 43)
+
+
+def _head(artifact: Path, task: str) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(artifact / task / "model.safetensors")["classifier.weight"]
+
+
+def test_a_task_weight_of_zero_leaves_that_head_where_it_started(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """Topic weighted 0 gets no gradient: its head is the same after one epoch or two, while
+    sentiment's moves on; weighted 1 (the default) the topic head trains."""
+    plain = {"baselines": False, "weight_decay": 0.0, "eval_every": 10_000}
+    short, long, default = (
+        run_training(tiny_config(tiny_base, tmp_path / name, **plain, **extra))  # type: ignore[arg-type]
+        for name, extra in (
+            ("short", {"epochs": 1, "task_weights": {"topic": 0.0}}),
+            ("long", {"epochs": 2, "task_weights": {"topic": 0.0}}),
+            ("default", {"epochs": 1}),
+        )
+    )
+    assert np.array_equal(_head(short, "topic"), _head(long, "topic"))
+    assert not np.allclose(_head(short, "sentiment"), _head(long, "sentiment"))
+    assert not np.allclose(_head(short, "topic"), _head(default, "topic"))
+    with pytest.raises(ValueError, match="task_weights names \\['topc'\\]"):
+        tiny_config(tiny_base, tmp_path, task_weights={"topc": 2.0})
+
+
+def test_a_student_can_start_from_the_teachers_fine_tuned_layers(
+    multitask_artifact: Path, tiny_base: Path, tmp_path: Path
+) -> None:
+    """init_from: the student's one layer is the teacher's top layer (not the base's), and
+    its heads are the teacher's; a teacher with other labels is refused."""
+    from safetensors.numpy import load_file
+
+    from finsentry.models.artifact import ArtifactError
+    from finsentry.training.loop import build_models
+
+    manifest = read_manifest(multitask_artifact)
+    labels = {task: spec.labels for task, spec in manifest.tasks.items()}
+    config = tiny_config(tiny_base, tmp_path, student_layers=1, init_from=str(multitask_artifact))
+    module, _ = build_models(config, labels)
+    teacher = load_file(multitask_artifact / "topic" / "model.safetensors")
+    student = {k: v.numpy() for k, v in module.models["topic"].state_dict().items()}
+    top = "bert.encoder.layer.1.attention.self.query.weight"
+    assert np.array_equal(student["bert.encoder.layer.0.attention.self.query.weight"], teacher[top])
+    base = load_file(tiny_base / "model.safetensors")
+    assert not np.array_equal(teacher[top], base[top.removeprefix("bert.")])
+    for task in labels:
+        assert np.array_equal(
+            module.models[task].state_dict()["classifier.weight"].numpy(),
+            _head(multitask_artifact, task),
+        )
+    with pytest.raises(ArtifactError, match="topic labels"):
+        build_models(config, {**labels, "topic": list(reversed(labels["topic"]))})

@@ -49,6 +49,22 @@ def _per_task(values: list[str] | None, tasks: list[str], what: str) -> dict[str
     return out
 
 
+def _task_weights(items: list[str] | None) -> dict[str, float] | None:
+    """`TASK=WEIGHT` items -> {task: weight} (None when none were given)."""
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            out[task] = float(value) if sep and task else float("nan")
+        except ValueError:
+            out[task] = float("nan")
+        if not out[task] >= 0:
+            raise typer.BadParameter(f"give --task-weight as TASK=WEIGHT (>= 0), not {item!r}")
+    return out
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(2)
@@ -132,6 +148,9 @@ def train(
     ema_decay: float | None = typer.Option(
         None, help="Keep a moving average of the weights (per-step decay; 0 = off)."
     ),
+    task_weight: list[str] | None = typer.Option(
+        None, help="TASK=WEIGHT: that task's loss counts WEIGHT times (default 1; repeatable)."
+    ),
     freeze: FreezeOption | None = typer.Option(None, help="full, top_k (with --top-k) or head."),
     top_k: int | None = typer.Option(None),
     lora: bool | None = typer.Option(None, "--lora/--no-lora", help="LoRA adapters (peft)."),
@@ -147,6 +166,9 @@ def train(
     split_seed: int | None = typer.Option(
         None, help="Data splits (keep it to score several seeds on the same held-out sets)."
     ),
+    init_from: Path | None = typer.Option(
+        None, help="Start from this artifact's fine-tuned encoder and heads, not the base."
+    ),
     baselines: bool | None = typer.Option(None, "--baselines/--no-baselines"),
     threads: int | None = typer.Option(None, help="torch CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -154,6 +176,7 @@ def train(
     """Fine-tune a classifier and write a versioned artifact with its report (model card)."""
     from pydantic import ValidationError
 
+    from finsentry.models.artifact import ArtifactError
     from finsentry.training.data import DataError
     from finsentry.training.train import run_training
 
@@ -177,6 +200,7 @@ def train(
         "class_weights": class_weights,
         "label_smoothing": label_smoothing,
         "ema_decay": ema_decay,
+        "task_weights": _task_weights(task_weight),
         "freeze": freeze.value if freeze else None,
         "top_k": top_k,
         "lora": lora,
@@ -190,6 +214,7 @@ def train(
         "test_frac": test_frac,
         "seed": seed,
         "split_seed": split_seed,
+        "init_from": str(init_from) if init_from else None,
         "baselines": baselines,
         "threads": threads,
         "progress": progress,
@@ -198,7 +223,7 @@ def train(
     try:
         config = _build_config(ctx.obj, task, data, label_map, overrides)
         path = run_training(config)
-    except (DataError, ValidationError) as exc:
+    except (DataError, ArtifactError, ValidationError) as exc:
         raise _fail(str(exc)) from exc
     _print_summary(path)
 
@@ -370,6 +395,14 @@ def distill(
     compare: bool = typer.Option(
         True, "--compare/--no-compare", help="Also train the student without the teacher."
     ),
+    init_from_teacher: bool = typer.Option(
+        False,
+        "--init-from-teacher/--init-from-base",
+        help="Start the student from the (first) teacher's fine-tuned layers and heads "
+        "instead of the pretrained base's.",
+    ),
+    seed: int | None = typer.Option(None, help="Initialisation, dropout and batch order."),
+    threads: int | None = typer.Option(None, help="torch CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a smaller student from a teacher's soft labels; report what it gains or costs."""
@@ -388,6 +421,9 @@ def distill(
         "student_layers": student_layers,
         "distill_alpha": alpha,
         "distill_temperature": temperature,
+        "init_from": str(teacher[0]) if init_from_teacher else None,
+        "seed": seed,
+        "threads": threads,
         "baselines": False,
     }
     overrides = {k: v for k, v in options.items() if v is not None}

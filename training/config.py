@@ -91,6 +91,10 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     class_weights: bool = Field(False, description="Inverse-frequency cross-entropy weights.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    task_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weight of a task's loss in the sum (default 1 each; `entity` included).",
+    )
     ema_decay: float = Field(
         0.0,
         ge=0,
@@ -123,6 +127,11 @@ class TrainConfig(BaseModel):
     distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the teacher's loss.")
     distill_temperature: float = Field(2.0, gt=0)
     student_layers: int | None = Field(None, ge=1, description="Keep this many encoder layers.")
+    init_from: str | None = Field(
+        None,
+        description="An artifact whose fine-tuned encoder and heads start the model (a "
+        "student then keeps `student_layers` of its layers) instead of the base's.",
+    )
 
     @model_validator(mode="after")
     def _tasks_have_data(self) -> TrainConfig:
@@ -135,6 +144,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"data given for {extra}, which task {self.task!r} does not train")
         if self.entity_data is not None and self.task != "multitask":
             raise ValueError("the per-company head (entity_data) trains with task multitask")
+        weighted = set(needed) | ({"entity"} if self.entity_data is not None else set())
+        unknown = sorted(set(self.task_weights) - weighted)
+        if unknown:
+            raise ValueError(f"task_weights names {unknown}; this run trains {sorted(weighted)}")
+        if any(w < 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights must be >= 0")
         if self.lora and self.freeze != "full":
             raise ValueError("lora replaces freezing: use freeze=full with lora")
         return self

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,11 +79,12 @@ def build_models(
 
     hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" report
     base = resolve_base(config.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    start = _start_folders(config, task_labels, entity_labels)
+    tokenizer = AutoTokenizer.from_pretrained(start.get(next(iter(task_labels)), base))
     models: dict[str, PreTrainedModel] = {}
     for task, labels in task_labels.items():
         model_config = AutoConfig.from_pretrained(
-            base,
+            start.get(task, base),
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
@@ -92,7 +94,7 @@ def build_models(
                 setattr(model_config, key, config.dropout)
         with quiet_transformers():
             models[task] = AutoModelForSequenceClassification.from_pretrained(
-                base, config=model_config
+                start.get(task, base), config=model_config
             )
         if config.student_layers is not None:
             shrink(models[task], config.student_layers)
@@ -100,7 +102,38 @@ def build_models(
     if entity_labels is not None:
         hidden = next(iter(models.values())).config.hidden_size
         entity_head = EntityHead(hidden, len(entity_labels), dropout=config.dropout)
+        if ENTITY in start:
+            from safetensors.torch import load_file
+
+            entity_head.load_state_dict(load_file(start[ENTITY]))
     return TaskHeads(models, shared_encoder=len(models) > 1, entity_head=entity_head), tokenizer
+
+
+def _start_folders(
+    config: TrainConfig,
+    task_labels: Mapping[str, list[str]],
+    entity_labels: list[str] | None,
+) -> dict[str, str]:
+    """With `init_from`: per task the artifact's folder to load (its entity head's weights
+    file under `entity`); the artifact must have every task, with the same labels in order."""
+    if config.init_from is None:
+        return {}
+    from finsentry.models.artifact import ArtifactError, read_manifest
+
+    root = Path(config.init_from)
+    manifest = read_manifest(root)
+    start: dict[str, str] = {}
+    for task, labels in task_labels.items():
+        spec = manifest.tasks.get(task)
+        if spec is None or spec.labels != list(labels):
+            theirs = spec.labels if spec else "no such task"
+            raise ArtifactError(f"init_from {root}: {task} labels {theirs}, this run {labels}")
+        start[task] = str(root / spec.path)
+    if entity_labels is not None and manifest.entity is not None:
+        if manifest.entity.labels != list(entity_labels):
+            raise ArtifactError(f"init_from {root}: per-company labels {manifest.entity.labels}")
+        start[ENTITY] = str(root / manifest.entity.path / "head.safetensors")
+    return start
 
 
 def shrink(model: PreTrainedModel, keep: int) -> None:
@@ -483,7 +516,8 @@ def fit(
                 per_company = nn.functional.cross_entropy(
                     logits[ENTITY].float(), y_entity, reduction="none"
                 )
-                loss = loss + (per_company * w_entity).sum() / w_entity.sum()
+                entity_loss = (per_company * w_entity).sum() / w_entity.sum()
+                loss = loss + config.task_weights.get(ENTITY, 1.0) * entity_loss
             for task in tasks:
                 y = labels[task][idx].to(device)
                 has = y != IGNORE
@@ -501,7 +535,7 @@ def fit(
                     log_p = nn.functional.log_softmax(logits[task].float() / temperature, dim=-1)
                     kl = nn.functional.kl_div(log_p, target, reduction="batchmean")
                     task_loss = task_loss + alpha * temperature**2 * kl
-                loss = loss + task_loss
+                loss = loss + config.task_weights.get(task, 1.0) * task_loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(
                 [p for p in module.parameters() if p.requires_grad], config.max_grad_norm

@@ -280,7 +280,9 @@ def add_baselines(
             class_weight="balanced" if config.class_weights else None,
         )
     set_seed(config.seed)
-    fresh, tokenizer = build_models(config.model_copy(update={"student_layers": None}), task_labels)
+    fresh, tokenizer = build_models(
+        config.model_copy(update={"student_layers": None, "init_from": None}), task_labels
+    )
     heads = head_only(
         fresh,
         tokenizer,
