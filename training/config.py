@@ -90,7 +90,9 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     class_weights: bool = Field(False, description="Inverse-frequency cross-entropy weights.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=1, description="Cross-entropy label smoothing (0 = one-hot targets)."
+    )
     task_weights: dict[str, float] = Field(
         default_factory=dict,
         description="Weight of a task's loss in the sum (default 1 each; `entity` included).",
