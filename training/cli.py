@@ -49,22 +49,6 @@ def _per_task(values: list[str] | None, tasks: list[str], what: str) -> dict[str
     return out
 
 
-def _task_weights(items: list[str] | None) -> dict[str, float] | None:
-    """`TASK=WEIGHT` items -> {task: weight} (None when none were given)."""
-    if not items:
-        return None
-    out: dict[str, float] = {}
-    for item in items:
-        task, sep, value = item.partition("=")
-        try:
-            out[task] = float(value) if sep and task else float("nan")
-        except ValueError:
-            out[task] = float("nan")
-        if not out[task] >= 0:
-            raise typer.BadParameter(f"give --task-weight as TASK=WEIGHT (>= 0), not {item!r}")
-    return out
-
-
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(2)
@@ -200,7 +184,8 @@ def train(
         "class_weights": class_weights,
         "label_smoothing": label_smoothing,
         "ema_decay": ema_decay,
-        "task_weights": _task_weights(task_weight),
+        # TASK=WEIGHT items; TrainConfig checks the names and values.
+        "task_weights": dict(w.partition("=")[::2] for w in task_weight) if task_weight else None,
         "freeze": freeze.value if freeze else None,
         "top_k": top_k,
         "lora": lora,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -93,7 +93,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(
         0.1, ge=0, lt=1, description="Cross-entropy label smoothing (0 = one-hot targets)."
     )
-    task_weights: dict[str, float] = Field(
+    task_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict,
         description="Weight of a task's loss in the sum (default 1 each; `entity` included).",
     )
@@ -150,8 +150,6 @@ class TrainConfig(BaseModel):
         unknown = sorted(set(self.task_weights) - weighted)
         if unknown:
             raise ValueError(f"task_weights names {unknown}; this run trains {sorted(weighted)}")
-        if any(w < 0 for w in self.task_weights.values()):
-            raise ValueError("task_weights must be >= 0")
         if self.lora and self.freeze != "full":
             raise ValueError("lora replaces freezing: use freeze=full with lora")
         return self

@@ -79,7 +79,7 @@ def build_models(
 
     hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" report
     base = resolve_base(config.base_model)
-    start = _start_folders(config, task_labels, entity_labels)
+    start = _start_folders(config, task_labels)
     tokenizer = AutoTokenizer.from_pretrained(start.get(next(iter(task_labels)), base))
     models: dict[str, PreTrainedModel] = {}
     for task, labels in task_labels.items():
@@ -102,20 +102,15 @@ def build_models(
     if entity_labels is not None:
         hidden = next(iter(models.values())).config.hidden_size
         entity_head = EntityHead(hidden, len(entity_labels), dropout=config.dropout)
-        if ENTITY in start:
-            from safetensors.torch import load_file
-
-            entity_head.load_state_dict(load_file(start[ENTITY]))
+        start_head = _start_entity_head(config.init_from, entity_labels)
+        if start_head is not None:
+            entity_head.load_state_dict(start_head)
     return TaskHeads(models, shared_encoder=len(models) > 1, entity_head=entity_head), tokenizer
 
 
-def _start_folders(
-    config: TrainConfig,
-    task_labels: Mapping[str, list[str]],
-    entity_labels: list[str] | None,
-) -> dict[str, str]:
-    """With `init_from`: per task the artifact's folder to load (its entity head's weights
-    file under `entity`); the artifact must have every task, with the same labels in order."""
+def _start_folders(config: TrainConfig, task_labels: Mapping[str, list[str]]) -> dict[str, str]:
+    """With `init_from`: per task the artifact's folder to load; the artifact must have every
+    task, with the same labels in the same order."""
     if config.init_from is None:
         return {}
     from finsentry.models.artifact import ArtifactError, read_manifest
@@ -129,11 +124,25 @@ def _start_folders(
             theirs = spec.labels if spec else "no such task"
             raise ArtifactError(f"init_from {root}: {task} labels {theirs}, this run {labels}")
         start[task] = str(root / spec.path)
-    if entity_labels is not None and manifest.entity is not None:
-        if manifest.entity.labels != list(entity_labels):
-            raise ArtifactError(f"init_from {root}: per-company labels {manifest.entity.labels}")
-        start[ENTITY] = str(root / manifest.entity.path / "head.safetensors")
     return start
+
+
+def _start_entity_head(init_from: str | None, labels: list[str]) -> dict[str, torch.Tensor] | None:
+    """The `init_from` artifact's per-company head weights (None without `init_from` or when
+    the artifact has no such head: the head then starts fresh); labels must match."""
+    if init_from is None:
+        return None
+    from finsentry.models.artifact import ArtifactError, load_entity_head, read_manifest
+
+    root = Path(init_from)
+    spec = read_manifest(root).entity
+    if spec is None:
+        return None
+    if spec.labels != list(labels):
+        raise ArtifactError(
+            f"init_from {root}: per-company labels {spec.labels}, this run {labels}"
+        )
+    return load_entity_head(root, spec).state_dict()
 
 
 def shrink(model: PreTrainedModel, keep: int) -> None:
