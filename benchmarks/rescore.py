@@ -79,12 +79,12 @@ def _live(
         value = json.dumps({"id": doc_id, "text": text, "source": "bench"}).encode()
         producer.send(settings.topic_raw, key=doc_id.encode(), value=value)
         if time.monotonic() >= next_poll:
-            _poll(es, settings.items_index, seen_at, f"{prefix}-")
+            _poll(es, settings.items_index, sent_at, seen_at)
             next_poll = time.monotonic() + 0.2
     producer.flush()
     deadline = time.monotonic() + 120
     while not all(i in seen_at for i in sent_at) and time.monotonic() < deadline:
-        _poll(es, settings.items_index, seen_at, f"{prefix}-")
+        _poll(es, settings.items_index, sent_at, seen_at)
         time.sleep(0.1)
     return [seen_at[i] - sent_at[i] for i in sent_at if i in seen_at]
 

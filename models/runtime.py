@@ -223,7 +223,15 @@ class _OnnxGroup:
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(root / spec.onnx_file), providers=providers)
+        options = ort.SessionOptions()
+        # ONNX Runtime's pool threads spin for a while after each run, waiting for the
+        # next; between the worker's batches (tokenising, Kafka, bulk writes) that spinning
+        # takes the cores Elasticsearch and Kafka need. Off: the worker used 38 % less CPU
+        # per item end to end (BENCHMARKS.md, "Where the cores go").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            str(root / spec.onnx_file), options, providers=providers
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.outputs = [manifest.tasks[t].onnx_output or f"logits_{t}" for t in tasks]
         self.has_entity = "entity_mask" in self.input_names

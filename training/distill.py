@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from finsentry.models.artifact import ArtifactError, read_manifest
 from finsentry.training.config import TrainConfig
@@ -33,15 +34,27 @@ def teacher_probs(
     student_labels: Mapping[str, list[str]],
     *,
     batch_size: int = 128,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Mean probabilities of the teachers per task, columns in the student's label order."""
     from finsentry.models.runtime import ArtifactScorer
 
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for path in teachers:
+    for i, path in enumerate(teachers, 1):
         scorer = ArtifactScorer(path, device="auto", batch_size=batch_size)
-        probs = scorer.predict_proba(list(texts))
+        # In slices, so that a long labelling run (minutes per teacher on a CPU) shows progress.
+        step = 16 * batch_size
+        parts = [
+            scorer.predict_proba(list(texts[start : start + step]))
+            for start in tqdm(
+                range(0, max(len(texts), 1), step),
+                desc=f"teacher {i}/{len(teachers)} soft labels ({len(texts)} texts)",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
+        ]
+        probs = {task: np.concatenate([part[task] for part in parts]) for task in parts[0]}
         for task, labels in student_labels.items():
             if task not in probs:
                 continue
@@ -101,7 +114,7 @@ def run_distillation(
         # preprocessed; the teacher's scorer preprocesses again, which changes nothing.
         unique = list(dict.fromkeys(texts))
         row = {text: i for i, text in enumerate(unique)}
-        probs = teacher_probs(teachers, unique, student_labels)
+        probs = teacher_probs(teachers, unique, student_labels, progress=config.progress)
         rows = np.array([row[text] for text in texts], np.int64)
         return {t: soften(p[rows], config.distill_temperature) for t, p in probs.items()}
 
