@@ -270,6 +270,15 @@ def test_distillation_trains_a_smaller_student(
     assert summary["rows"]["distilled student"]["encoder_layers"] == 1
     assert summary["rows"]["teacher"]["encoder_layers"] == 2
     assert (student / "distillation.json").is_file()
+    # The student's held-out accuracy against the teacher's, per task, from their model cards.
+    gaps = summary["accuracy_vs_teacher"]["gaps"]
+    assert set(gaps) == {"sentiment", "topic"}
+    cards = [
+        json.loads((p / "metrics.json").read_text())["tasks"] for p in (student, multitask_artifact)
+    ]
+    for task, gap in gaps.items():
+        assert gap == cards[0][task]["test"]["accuracy"] - cards[1][task]["test"]["accuracy"]
+    assert summary["accuracy_vs_teacher"]["within"] == all(g >= -0.005 for g in gaps.values())
 
 
 def test_stratified_split_is_seeded_disjoint_and_stratified() -> None:

@@ -426,6 +426,13 @@ def distill(
             f"{name:<28} layers {row['encoder_layers']}  {scores}  "
             f"{row['texts_per_second_cpu']:.0f} texts/s (CPU)"
         )
+    versus = summary["accuracy_vs_teacher"]
+    gaps = "  ".join(f"{t} {100 * g:+.2f}" for t, g in versus["gaps"].items())
+    verdict = "within" if versus["within"] else "NOT within"
+    typer.echo(
+        f"held-out accuracy against the (first) teacher, points: {gaps}; {verdict} "
+        f"{100 * versus['max_loss']:.1f} points on every task"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,23 @@ from finsentry.models.artifact import ArtifactError, read_manifest
 from finsentry.training.config import TrainConfig
 from finsentry.training.data import TaskData
 
+# How much held-out accuracy a student may lose, on any task, to serve in its teacher's
+# place (issue 14: "within 0.5 points of the fp32 model of the same recipe").
+MAX_ACCURACY_LOSS = 0.005
+
+
+def accuracy_gaps(student: Path, teacher: Path) -> dict[str, float]:
+    """Per task both were tested on, the student's held-out test accuracy minus the
+    teacher's, from each artifact's metrics.json (the same split: the same data)."""
+    ours, theirs = (
+        json.loads((p / "metrics.json").read_text())["tasks"] for p in (student, teacher)
+    )
+    return {
+        task: ours[task]["test"]["accuracy"] - theirs[task]["test"]["accuracy"]
+        for task in ours
+        if task in theirs
+    }
+
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): the teacher's distribution at temperature T."""
@@ -157,6 +174,12 @@ def run_distillation(
             "weights_bytes": sum(f.stat().st_size for f in path.rglob("model.safetensors")),
         }
         for name, path in rows.items()
+    }
+    gaps = accuracy_gaps(student, teachers[0])
+    summary["accuracy_vs_teacher"] = {
+        "gaps": gaps,
+        "max_loss": MAX_ACCURACY_LOSS,
+        "within": all(gap >= -MAX_ACCURACY_LOSS for gap in gaps.values()),
     }
     (student / "distillation.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return student, summary
