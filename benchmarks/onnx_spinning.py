@@ -1,9 +1,9 @@
 """ONNX Runtime's thread spinning, on and off: items/s and CPU per item of an int8 export.
 
-The served graph's threads do not spin between runs (models/runtime.py). This prints what
-that costs in a closed loop, where spinning can only help: the same export, the same ~30-word
-items, batch 16, the two settings interleaved over rounds. What it saves end to end is in
-`e2e_replay.py`'s CPU table.
+The worker's graph threads do not spin between runs (`FINSENTRY_ONNX_SPINNING`, default
+false). This prints what that costs in a closed loop, where spinning can only help: the
+same export, the same ~30-word items, batch 16, the two settings interleaved over rounds.
+What it saves end to end is in `e2e_replay.py`'s CPU table.
 
     .venv/bin/python benchmarks/onnx_spinning.py --onnx <int8 export> --rounds 5
 """
@@ -15,7 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-import onnxruntime as ort
 import psutil
 from classifier_throughput import thirty_word_items
 from rich.console import Console
@@ -23,21 +22,6 @@ from rich.table import Table
 
 from finsentry.models.runtime import ArtifactScorer
 from finsentry.settings import Settings
-
-SPIN = "session.intra_op.allow_spinning"
-
-
-def with_spinning(path: Path, spinning: bool, batch_size: int) -> ArtifactScorer:
-    """The export's scorer, its sessions rebuilt with spinning on or off."""
-    scorer = ArtifactScorer(path, device="cpu", batch_size=batch_size)
-    for group in scorer.groups:
-        session = group.session  # type: ignore[attr-defined]
-        options = ort.SessionOptions()
-        options.add_session_config_entry(SPIN, "1" if spinning else "0")
-        group.session = ort.InferenceSession(  # type: ignore[attr-defined]
-            session._model_path, options, providers=["CPUExecutionProvider"]
-        )
-    return scorer
 
 
 def main() -> None:
@@ -49,7 +33,12 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = thirty_word_items(Settings().data_dir / "tfns_sentiment" / "train.csv", args.items)
-    scorers = {spin: with_spinning(args.onnx, spin, args.batch_size) for spin in (True, False)}
+    scorers = {
+        spin: ArtifactScorer(
+            args.onnx, device="cpu", batch_size=args.batch_size, onnx_spinning=spin
+        )
+        for spin in (True, False)
+    }
     for scorer in scorers.values():
         scorer.score(texts[:64])  # warm up
     me = psutil.Process()

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     models_dir: Path = Field(_REPO_ROOT / "artifacts" / "models")
     model_path: Path | None = Field(None, description="Serve this artifact instead of the newest.")
     device: str = Field("auto", description="auto | cpu | cuda")
+    onnx_spinning: bool = Field(
+        False,
+        description="ONNX Runtime's threads spin-wait between runs: no faster in the worker "
+        "(BENCHMARKS.md, 'Where the cores go'), and the spinning takes CPU from whatever "
+        "shares the machine (Elasticsearch, Kafka).",
+    )
     data_dir: Path = Field(_DEFAULT_DATA_DIR, description="Labelled training data.")
     company_files: list[Path] = Field(default_factory=list, validate_default=True)
     # model lifecycle (models/registry.py, training/defaults.py, index/rescore.py)

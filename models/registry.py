@@ -415,7 +415,12 @@ def load_artifact_scorer(path: Path, settings: Settings) -> Any:
         return LinearScorer(path)
     from finsentry.models.runtime import ArtifactScorer
 
-    return ArtifactScorer(path, device=settings.device, batch_size=settings.model_batch or None)
+    return ArtifactScorer(
+        path,
+        device=settings.device,
+        batch_size=settings.model_batch or None,
+        onnx_spinning=settings.onnx_spinning,
+    )
 
 
 # --- background training status (shown by the live view) -------------------------------------

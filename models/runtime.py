@@ -211,7 +211,9 @@ class _TorchGroup:
 class _OnnxGroup:
     """Tasks whose heads live in one ONNX graph (and share its tokenizer)."""
 
-    def __init__(self, root: Path, manifest: Manifest, tasks: list[str], device: str) -> None:
+    def __init__(
+        self, root: Path, manifest: Manifest, tasks: list[str], device: str, spinning: bool
+    ) -> None:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -224,11 +226,10 @@ class _OnnxGroup:
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
-        # ONNX Runtime's pool threads spin for a while after each run, waiting for the
-        # next; between the worker's batches (tokenising, Kafka, bulk writes) that spinning
-        # takes the cores Elasticsearch and Kafka need. Off: the worker used 38 % less CPU
-        # per item end to end (BENCHMARKS.md, "Where the cores go").
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ONNX Runtime's pool threads spin for a while after each run, waiting for the next
+        # (its default); between the worker's batches (tokenising, Kafka, bulk writes) that
+        # takes the cores Elasticsearch and Kafka need (BENCHMARKS.md, "Where the cores go").
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         self.session = ort.InferenceSession(
             str(root / spec.onnx_file), options, providers=providers
         )
@@ -299,6 +300,7 @@ class ArtifactScorer:
         device: str = "auto",
         tasks: Sequence[str] | None = None,
         batch_size: int | None = None,
+        onnx_spinning: bool = False,
     ) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
@@ -319,7 +321,7 @@ class ArtifactScorer:
         if self.manifest.runtime == "onnx":
             self.device_name = "cpu (onnxruntime)"
             self.groups = [
-                _OnnxGroup(self.root, self.manifest, g, device)
+                _OnnxGroup(self.root, self.manifest, g, device, onnx_spinning)
                 for g in _groups_of(self.manifest, wanted)
             ]
         else:

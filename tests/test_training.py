@@ -157,11 +157,14 @@ def test_export_parity(multitask_artifact: Path, tmp_path: Path, quantize: str) 
     assert report["onnx_bytes"] < report["torch_bytes"]
     scorer = load_scorer(Settings(models_dir=tmp_path, model_path=path))
     assert scorer.version == manifest.version and len(scorer.score(texts[:3])) == 3
-    # The served graph's threads do not spin between batches (they would take the cores
-    # Elasticsearch and Kafka need: BENCHMARKS.md, "Where the cores go").
-    (group,) = scorer.groups  # type: ignore[attr-defined]
-    options = group.session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # The served graph's threads do not spin between batches unless the settings say so
+    # (spinning takes the cores Elasticsearch and Kafka need: BENCHMARKS.md).
+    for spinning in (False, True):
+        served = load_scorer(Settings(models_dir=tmp_path, model_path=path, onnx_spinning=spinning))
+        (group,) = served.groups  # type: ignore[attr-defined]
+        options = group.session.get_session_options()
+        entry = options.get_session_config_entry("session.intra_op.allow_spinning")
+        assert entry == str(int(spinning))
     if quantize == "int8":  # recipes in order until one passes the gate; that one is kept
         from finsentry.training.export import WEIGHT_RECIPES
 
