@@ -44,8 +44,9 @@ def main() -> None:
     me = psutil.Process()
     rates: dict[bool, list[float]] = {True: [], False: []}
     cpu: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.rounds):
-        for spin, scorer in scorers.items():
+    for round_ in range(args.rounds):
+        for spin in (True, False) if round_ % 2 == 0 else (False, True):  # neither always first
+            scorer = scorers[spin]
             before, started = me.cpu_times(), time.perf_counter()
             scorer.score(texts)
             wall, after = time.perf_counter() - started, me.cpu_times()

@@ -212,7 +212,12 @@ class _OnnxGroup:
     """Tasks whose heads live in one ONNX graph (and share its tokenizer)."""
 
     def __init__(
-        self, root: Path, manifest: Manifest, tasks: list[str], device: str, spinning: bool
+        self,
+        root: Path,
+        manifest: Manifest,
+        tasks: list[str],
+        device: str,
+        spinning: bool | None,
     ) -> None:
         import onnxruntime as ort
         from transformers import AutoTokenizer
@@ -227,9 +232,11 @@ class _OnnxGroup:
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         # ONNX Runtime's pool threads spin for a while after each run, waiting for the next
-        # (its default); between the worker's batches (tokenising, Kafka, bulk writes) that
-        # takes the cores Elasticsearch and Kafka need (BENCHMARKS.md, "Where the cores go").
-        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+        # (its default, kept when `spinning` is None); between the worker's batches
+        # (tokenising, Kafka, bulk writes) that takes the cores Elasticsearch and Kafka need,
+        # so the served path passes Settings.onnx_spinning (BENCHMARKS.md, "Where the cores go").
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         self.session = ort.InferenceSession(
             str(root / spec.onnx_file), options, providers=providers
         )
@@ -300,7 +307,7 @@ class ArtifactScorer:
         device: str = "auto",
         tasks: Sequence[str] | None = None,
         batch_size: int | None = None,
-        onnx_spinning: bool = False,
+        onnx_spinning: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)

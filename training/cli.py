@@ -427,11 +427,15 @@ def distill(
             f"{row['texts_per_second_cpu']:.0f} texts/s (CPU)"
         )
     versus = summary["accuracy_vs_teacher"]
+    if not versus["gaps"]:
+        typer.echo("no accuracy gap to the teacher: it has no model card (metrics.json)")
+        return
     gaps = "  ".join(f"{t} {100 * g:+.2f}" for t, g in versus["gaps"].items())
     verdict = "within" if versus["within"] else "NOT within"
+    split = "" if versus["same_split"] else " (the teacher was trained on other data or splits)"
     typer.echo(
         f"held-out accuracy against the (first) teacher, points: {gaps}; {verdict} "
-        f"{100 * versus['max_loss']:.1f} points on every task"
+        f"{100 * versus['max_loss']:.1f} points on every task{split}"
     )
 
 
