@@ -49,6 +49,14 @@ def accepted(text: str, settings: Settings) -> bool:
     return not isinstance(parse_raw(raw, settings.max_text_chars), ParseError)
 
 
+def replay_texts(settings: Settings, count: int, skip: int = 0) -> list[str]:
+    """`count` dataset tweets from row `skip` on (round again past the end), only those the
+    worker accepts: a dead-lettered one would never become searchable."""
+    with (settings.data_dir / "tfns_sentiment" / "train.csv").open(newline="") as handle:
+        rows = [row["text"] for row in csv.DictReader(handle) if accepted(row["text"], settings)]
+    return [rows[(skip + i) % len(rows)] for i in range(count)]
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds each process and its live children have used so far; a
     child that has a row of its own (the worker, services this script started) is not
@@ -122,11 +130,7 @@ def main() -> None:
     settings = base.model_copy(update=overrides)
     model = args.model or resolve_artifact(settings.models_dir, settings.model_path)
 
-    data = settings.data_dir / "tfns_sentiment" / "train.csv"
-    with data.open(newline="") as handle:
-        # Only texts the worker accepts: a dead-lettered one would never become searchable.
-        valid = (row["text"] for row in csv.DictReader(handle) if accepted(row["text"], settings))
-        texts = [text for text, _ in zip(valid, range(args.items), strict=False)]
+    texts = replay_texts(settings, args.items)
     ids = [f"{tag}-{i}" for i in range(len(texts))]
 
     env = {

@@ -12,7 +12,6 @@ produce-to-searchable p50/p95/p99, and the rescore's items/s.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -35,15 +34,9 @@ from finsentry.models.registry import serving_artifact
 from finsentry.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_replay import _poll, percentile
+from e2e_replay import _poll, percentile, replay_texts
 
 OLD = "backfill-old"
-
-
-def _texts(settings: Settings, count: int, skip: int = 0) -> list[str]:
-    with (settings.data_dir / "tfns_sentiment" / "train.csv").open(newline="") as handle:
-        rows = [row["text"] for row in csv.DictReader(handle)]
-    return [rows[(skip + i) % len(rows)] for i in range(count)]
 
 
 def _backfill(es: Any, index: str, texts: list[str]) -> None:
@@ -108,7 +101,7 @@ def main() -> None:
     )  # fmt: skip
     model = args.model or serving_artifact(settings)
     es = make_es_client(settings)
-    _backfill(es, settings.items_index, _texts(settings, args.backfill))
+    _backfill(es, settings.items_index, replay_texts(settings, args.backfill))
     env = {
         **os.environ,
         **{
@@ -141,7 +134,9 @@ def main() -> None:
         warm = _live(es, producer, settings, "warm", ["warm up"], 10)
         assert warm, f"the worker did not start; see {log}"
         count = int(args.rate * args.seconds)
-        alone = _live(es, producer, settings, "alone", _texts(settings, count, 5000), args.rate)
+        alone = _live(
+            es, producer, settings, "alone", replay_texts(settings, count, 5000), args.rate
+        )
         rows.append(("live alone", alone, None))
         rescore = subprocess.Popen(
             [sys.executable, "-m", "finsentry", "rescore", "--from-version", OLD, "--json",
@@ -149,7 +144,9 @@ def main() -> None:
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         time.sleep(2.0)  # the rescore has loaded its model and runs
-        during = _live(es, producer, settings, "during", _texts(settings, count, 7000), args.rate)
+        during = _live(
+            es, producer, settings, "during", replay_texts(settings, count, 7000), args.rate
+        )
         out, _ = rescore.communicate(timeout=3600)
         result = json.loads(out.strip().splitlines()[-1])
         rows.append(("live during rescore", during, result))
