@@ -266,11 +266,20 @@ def test_distillation_trains_a_smaller_student(
     from finsentry.training.distill import run_distillation
 
     config = tiny_config(
-        tiny_base, tmp_path, baselines=False, student_layers=1, distill_alpha=0.5, epochs=1
+        tiny_base,
+        tmp_path,
+        baselines=False,
+        student_layers=1,
+        student_ffn=16,
+        distill_alpha=0.5,
+        epochs=1,
     )
     student, summary = run_distillation([multitask_artifact], config, compare=False)
     assert read_manifest(student).servable()
     assert summary["rows"]["distilled student"]["encoder_layers"] == 1
+    # The narrow feed-forward block is what the artifact holds and what loads (64 -> 16).
+    assert json.loads((student / "topic" / "config.json").read_text())["intermediate_size"] == 16
+    assert load_scorer(Settings(model_path=student)).score(["Shares fell."])
     assert summary["rows"]["teacher"]["encoder_layers"] == 2
     assert (student / "distillation.json").is_file()
     # The student's held-out accuracy against the teacher's, per task, from their model cards.
@@ -282,6 +291,38 @@ def test_distillation_trains_a_smaller_student(
     for task, gap in gaps.items():
         assert gap == cards[0][task]["test"]["accuracy"] - cards[1][task]["test"]["accuracy"]
     assert summary["accuracy_vs_teacher"]["same_split"]
+
+
+def test_narrowing_the_feed_forward_block_keeps_the_units_that_matter(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from finsentry.training.loop import encoder_layers, narrow_ffn
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=3).eval()
+    width = model.config.intermediate_size
+    keep = width // 4
+    generator = torch.Generator().manual_seed(0)
+    for layer in encoder_layers(model.base_model):  # 3 units in 4 add nothing to the output
+        idle = torch.randperm(width, generator=generator)[keep:]
+        with torch.no_grad():
+            layer.output.dense.weight[:, idle] = 0
+    inputs = {"input_ids": torch.randint(5, 90, (3, 11), generator=generator)}
+    with torch.no_grad():
+        before = model(**inputs).logits
+        narrow_ffn(model, keep)
+        after = model(**inputs).logits
+    # Keeping exactly the units that matter changes nothing; any other choice would.
+    assert torch.allclose(before, after, atol=1e-5)
+    for layer in encoder_layers(model.base_model):
+        assert layer.intermediate.dense.out_features == layer.output.dense.in_features == keep
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert again.config.intermediate_size == keep
+    with torch.no_grad():
+        assert torch.allclose(again(**inputs).logits, before, atol=1e-5)
 
 
 def test_a_student_is_within_the_bar_only_if_no_task_loses_more_than_half_a_point() -> None:

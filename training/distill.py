@@ -153,7 +153,8 @@ def run_distillation(
     notes = (
         f"Distilled from {len(teachers)} teacher(s): {', '.join(str(p) for p in teachers)}; "
         f"alpha={config.distill_alpha}, T={config.distill_temperature}, "
-        f"student layers={config.student_layers}."
+        f"student layers={config.student_layers}, feed-forward units="
+        f"{config.student_ffn or 'all'}."
     )
     if leak:
         notes += (

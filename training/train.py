@@ -281,7 +281,8 @@ def add_baselines(
         )
     set_seed(config.seed)
     fresh, tokenizer = build_models(
-        config.model_copy(update={"student_layers": None, "init_from": None}), task_labels
+        config.model_copy(update={"student_layers": None, "student_ffn": None, "init_from": None}),
+        task_labels,
     )
     heads = head_only(
         fresh,
