@@ -36,7 +36,7 @@ from finsentry.streams.parser import ParseError, parse_raw
 
 FORWARDED = ("app_id", "topic_raw", "topic_scored", "topic_dead_letters", "items_index",
              "company_verdicts_index", "dead_letters_index", "max_batch", "max_wait",
-             "items_refresh_interval")  # fmt: skip
+             "items_refresh_interval", "overlap_writes", "onnx_spinning")  # fmt: skip
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -196,7 +196,8 @@ def main() -> None:
     latencies = [seen_at[i] - sent_at[i] for i in ids if i in seen_at]
     table = Table(
         title=f"end-to-end replay ({model.name}; refresh "
-        f"{settings.items_refresh_interval or 'default 1s'})"
+        f"{settings.items_refresh_interval or 'default 1s'}; overlap writes "
+        f"{settings.overlap_writes}, ONNX spinning {settings.onnx_spinning})"
     )
     for column in ("items", "indexed", "offered rate/s", "sustained items/s", "p50 s", "p95 s",
                    "p99 s", "max s"):  # fmt: skip

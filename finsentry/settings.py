@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     min_wait: float = Field(
         0.02, ge=0, le=60, description="Least seconds a batch waits to fill, under light load."
     )
+    overlap_writes: bool = Field(
+        True,
+        description="Score the next batch while the last one is written (streams/pipeline.py); "
+        "false: score, write and acknowledge one batch at a time.",
+    )
     model_batch: int = Field(
         0, ge=0, le=4096, description="Texts per forward pass; 0 = by device (CPU 16, CUDA 128)."
     )

@@ -4,7 +4,8 @@ Offsets: the agent reads without automatic acks (`batcher.adaptive_batches`) and
 batch's events only once the batch is indexed (the sink retries until Elasticsearch takes
 it) and its dead letters and scored items are delivered to Kafka. A worker killed mid-batch
 therefore commits nothing for that batch and the batch is read again on restart; document
-ids make the second write idempotent.
+ids make the second write idempotent. The next batch is scored while the last one is
+written (`pipeline.score_while_writing`); writes and acks stay one batch at a time, in order.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from finsentry.streams.batch_processor import (
     BatchProcessor,
     BatchResult,
     RawRecord,
+    ScoredBatch,
     dead_letter,
 )
 from finsentry.streams.batcher import BatchWindow, ack_batch, adaptive_batches
+from finsentry.streams.pipeline import score_while_writing
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +190,38 @@ async def publish_until_done(result: BatchResult, topics: Topics, settings: Sett
             backoff = min(backoff * 2, settings.bulk_max_backoff)
 
 
+async def score_ahead(processor: BatchProcessor, records: list[RawRecord]) -> ScoredBatch | None:
+    """Score a batch before its turn to be written; None if that failed, and then
+    `process_until_done` processes the batch again from its records, isolating failures."""
+    try:
+        return await processor.score(records)
+    except (asyncio.CancelledError, SinkStopped):
+        raise
+    except Exception:
+        log.exception("scoring a batch of %d failed; processing it again", len(records))
+        return None
+
+
 async def process_until_done(
-    processor: BatchProcessor, topics: Topics, records: list[RawRecord], settings: Settings
+    processor: BatchProcessor,
+    topics: Topics,
+    records: list[RawRecord],
+    settings: Settings,
+    scored: ScoredBatch | None = None,
 ) -> BatchResult:
-    """Index and publish a batch; the stream waits meanwhile, so the batch is the bounded
-    buffer. Every step is idempotent (document ids, dead letters keyed by source offset)."""
-    result = await process_isolating_failures(processor, records, settings)
+    """Index (`scored`, if the batch was scored ahead) and publish a batch. A batch that
+    fails is processed again from its records, isolating failures. Every step is idempotent
+    (document ids, dead letters keyed by source offset)."""
+    result = None
+    if scored is not None:
+        try:
+            result = await processor.index(scored)
+        except (asyncio.CancelledError, SinkStopped):
+            raise
+        except Exception:
+            log.exception("indexing a batch of %d failed; processing it again", len(records))
+    if result is None:
+        result = await process_isolating_failures(processor, records, settings)
     await publish_until_done(result, topics, settings)
     return result
 
@@ -289,18 +318,27 @@ def add_scoring_agent(
     @app.agent(topics.raw, name="score")
     async def score(stream: faust.StreamT) -> None:
         window = BatchWindow(settings.max_batch, settings.min_wait, settings.max_wait)
-        async with contextlib.aclosing(adaptive_batches(stream, window)) as batches:
-            async for events in batches:
-                if swapper is not None:
-                    swapper.swap_if_ready()  # only here: between batches
-                try:
-                    records = [to_record(e) for e in events]
-                    await process_until_done(processor, topics, records, settings)
-                except SinkStopped:  # shutting down: the batch stays unacknowledged
-                    log.warning(
-                        "stopping with a batch of %d not indexed; read again on restart",
-                        len(events),
-                    )
-                    return
-                await ack_batch(stream, events)
-                metrics.BATCH_WAIT.set(window.wait)
+
+        async def score_batch(events: list[EventT]) -> tuple[list[RawRecord], ScoredBatch | None]:
+            if swapper is not None:
+                swapper.swap_if_ready()  # only here: between batches
+            metrics.BATCH_WAIT.set(window.wait)
+            records = [to_record(e) for e in events]
+            return records, await score_ahead(processor, records)
+
+        async def write_batch(
+            events: list[EventT], scored: tuple[list[RawRecord], ScoredBatch | None]
+        ) -> None:
+            records, batch = scored
+            await process_until_done(processor, topics, records, settings, batch)
+
+        async def ack(events: list[EventT]) -> None:
+            await ack_batch(stream, events)
+
+        try:
+            async with contextlib.aclosing(adaptive_batches(stream, window)) as batches:
+                await score_while_writing(
+                    batches, score_batch, write_batch, ack, overlap=settings.overlap_writes
+                )
+        except SinkStopped:  # shutting down: the batches in hand stay unacknowledged
+            log.warning("stopping with a batch not indexed; read again on restart")

@@ -1,4 +1,4 @@
-"""One micro-batch, end to end: parse -> link companies -> score -> index.
+"""One micro-batch, end to end: parse -> link companies -> score, then index.
 
 This is the body of the Faust agent without Faust: it takes raw Kafka records and returns
 what was indexed and what must go to the dead-letter topic. Blocking work (the models, the
@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from finsentry import metrics
-from finsentry.index.bulk_sink import BulkSink
+from finsentry.index.bulk_sink import BulkOutcome, BulkSink
 from finsentry.index.company_verdicts import verdict_docs
 from finsentry.messages import (
     CompanyMention,
@@ -148,7 +149,20 @@ def dead_letter(record: RawRecord, error: str, reason: str) -> DeadLetter:
 
 
 @dataclass
+class ScoredBatch:
+    """A batch after the model, before the index: its documents and what went wrong so far."""
+
+    docs: dict[str, ScoredItem] = field(default_factory=dict)
+    records: dict[str, RawRecord] = field(default_factory=dict)  # by document id
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass
 class BatchProcessor:
+    """`score` (parse, link companies, run the model) then `index` (bulk writes, retried):
+    two steps, so that the agent can score one batch while the previous one is written.
+    The model runs in `executor`, the writes in `write_executor` (the same one if unset)."""
+
     scorer: Scorer
     companies: CompanyIndex
     sink: BulkSink
@@ -157,22 +171,38 @@ class BatchProcessor:
     dead_letter_sink: BulkSink | None = None
     # One flat document per company of each indexed item (index/company_verdicts.py).
     verdict_sink: BulkSink | None = None
+    write_executor: Executor | None = None
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
-        result = BatchResult()
+        return await self.index(await self.score(records))
+
+    async def score(self, records: Sequence[RawRecord]) -> ScoredBatch:
+        batch = ScoredBatch()
         parsed: dict[str, tuple[NewsItem, RawRecord]] = {}
         for record in records:
             outcome = parse_raw(record.value, self.max_text_chars)
             if isinstance(outcome, ParseError):
-                result.dead_letters.append(dead_letter(record, outcome.error, outcome.reason))
+                batch.dead_letters.append(dead_letter(record, outcome.error, outcome.reason))
             else:
                 # The same id twice in one batch: the later record wins, as it would in the index.
                 parsed[outcome.id] = (outcome, record)
         if parsed:
-            await self._score_and_index(list(parsed.values()), result)
+            await self._score(list(parsed.values()), batch)
+        return batch
+
+    async def index(self, batch: ScoredBatch) -> BatchResult:
+        """Write a scored batch (retrying through outages); what Elasticsearch refuses
+        becomes a dead letter, and the dead letters are indexed too."""
+        result = BatchResult(dead_letters=list(batch.dead_letters))
+        if batch.docs:
+            await self._index(batch, result)
         if result.dead_letters:
             await self.index_dead_letters(result.dead_letters)
         return result
+
+    async def _write(self, sink: BulkSink, docs: dict[str, Any]) -> BulkOutcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.write_executor or self.executor, sink.write, docs)
 
     async def index_dead_letters(self, letters: list[DeadLetter]) -> None:
         for letter in letters:
@@ -182,8 +212,7 @@ class BatchProcessor:
         docs = {
             f"{x.source_topic}-{x.partition}-{x.offset}": x.model_dump(mode="json") for x in letters
         }
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.dead_letter_sink.write, docs)
+        await self._write(self.dead_letter_sink, docs)
 
     def _link_and_score(
         self, scorer: Scorer, texts: list[str]
@@ -192,9 +221,7 @@ class BatchProcessor:
         mentions = [find_mentions(text, self.companies) for text in texts]
         return score_isolating_failures(scorer, texts, mentions), mentions
 
-    async def _score_and_index(
-        self, items: list[tuple[NewsItem, RawRecord]], result: BatchResult
-    ) -> None:
+    async def _score(self, items: list[tuple[NewsItem, RawRecord]], batch: ScoredBatch) -> None:
         loop = asyncio.get_running_loop()
         texts = [text_for_model(item) for item, _ in items]
         scorer = self.scorer  # one model for the whole batch, even if a swap is pending
@@ -205,28 +232,31 @@ class BatchProcessor:
         metrics.SCORING_LATENCY.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(texts))
         scored_at = utcnow()
-        docs: dict[str, ScoredItem] = {}
         for (item, record), score, companies in zip(items, scores, mentions, strict=True):
             if isinstance(score, Exception):
                 reason = f"model failed on this item: {type(score).__name__}: {score}"[:500]
-                result.dead_letters.append(dead_letter(record, "model_error", reason))
+                batch.dead_letters.append(dead_letter(record, "model_error", reason))
                 continue
             ingested_at = (
                 datetime.fromtimestamp(record.timestamp, UTC) if record.timestamp else scored_at
             )
-            docs[item.id] = to_scored_item(
+            batch.docs[item.id] = to_scored_item(
                 item, score, companies, scorer.version, ingested_at, scored_at
             )
-        if not docs:
-            return
-        sources = {doc_id: doc.model_dump(mode="json") for doc_id, doc in docs.items()}
-        outcome = await loop.run_in_executor(self.executor, self.sink.write, sources)
-        by_id = {item.id: record for item, record in items}
+            batch.records[item.id] = record
+
+    async def _index(self, batch: ScoredBatch, result: BatchResult) -> None:
+        sources = {doc_id: doc.model_dump(mode="json") for doc_id, doc in batch.docs.items()}
+        outcome = await self._write(self.sink, sources)
         for doc_id, reason in outcome.rejected:
             result.dead_letters.append(
-                dead_letter(by_id[doc_id], "index_rejected", f"Elasticsearch refused it: {reason}")
+                dead_letter(
+                    batch.records[doc_id],
+                    "index_rejected",
+                    f"Elasticsearch refused it: {reason}",
+                )
             )
-        indexed = [docs[doc_id] for doc_id in outcome.indexed]
+        indexed = [batch.docs[doc_id] for doc_id in outcome.indexed]
         await self._index_verdicts(indexed)
         result.indexed.extend(indexed)
         metrics.ITEMS_SCORED.inc(len(outcome.indexed))
@@ -237,8 +267,7 @@ class BatchProcessor:
         verdicts = verdict_docs(items)
         if self.verdict_sink is None or not verdicts:
             return
-        loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.executor, self.verdict_sink.write, verdicts)
+        outcome = await self._write(self.verdict_sink, verdicts)
         for doc_id, reason in outcome.rejected:
             # The item itself is indexed (with its nested companies): only the flat copy for
             # Grafana is missing, which a rescore rewrites. Loud, not a dead letter.

@@ -79,6 +79,7 @@ def build_worker_app(settings: Settings, stop: threading.Event | None = None) ->
         companies=companies,
         sink=sink,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="score"),
+        write_executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="write"),
         max_text_chars=settings.max_text_chars,
         dead_letter_sink=dead_letter_sink,
         verdict_sink=verdict_sink,

@@ -109,6 +109,7 @@ def test_crashes_before_ack_and_by_sigkill_lose_nothing_and_redo_only_the_uncomm
             placed[(p, o)] for p, o in crashed["batch"] if o < committed_1.get(p, 0)
         }
         published_1 = set(deliveries(settings, settings.topic_scored))
+        writes_1 = write_counts(es, settings.items_index)
 
         second = WorkerProcess(settings, tiny_artifact, tmp_path / "second.log")
         try:
@@ -126,6 +127,10 @@ def test_crashes_before_ack_and_by_sigkill_lose_nothing_and_redo_only_the_uncomm
             second.terminate()
         committed_2, indexed_2, in_flight_2 = _in_flight_after(settings, es, placed)
         assert len(indexed_2) < TOTAL, "the kill should land mid-stream"
+        # In flight at the crash and not yet read again when the second worker was killed
+        # (it had not reached that partition's offset): one write owed for both faults.
+        writes_2 = write_counts(es, settings.items_index)
+        owed_once = {i for i in in_flight_1 & in_flight_2 if writes_2.get(i) == writes_1.get(i)}
 
         _finish(settings, es, tiny_artifact, tmp_path / "third.log", TOTAL)
         tally = Tally(
@@ -140,11 +145,15 @@ def test_crashes_before_ack_and_by_sigkill_lose_nothing_and_redo_only_the_uncomm
 
     processed = batch <= indexed_1 and batch <= published_1
     redone = batch <= tally.reprocessed and batch <= tally.delivered_twice
-    # Each item written once, plus once for each crash it was in flight at.
-    exact = all(
-        tally.writes.get(i, 0) == 1 + (i in in_flight_1) + (i in in_flight_2)
-        for i in placed.values()
-    )
+    # Each item written once, plus once for each crash it was in flight at (once for both
+    # if no worker read it between them).
+    expected = {
+        i: 1 + (i in in_flight_1) + (i in in_flight_2) - (i in owed_once) for i in placed.values()
+    }
+    inexact = {
+        i: (tally.writes.get(i, 0), n) for i, n in expected.items() if tally.writes.get(i, 0) != n
+    }  # item: (writes, expected)
+    exact = not inexact
     acked_after = processed and not committed_of_batch and sum(committed_1.values()) > 0
     record(
         AREA,
@@ -171,4 +180,4 @@ def test_crashes_before_ack_and_by_sigkill_lose_nothing_and_redo_only_the_uncomm
     assert sum(committed_1.values()) > 0, "earlier, acknowledged batches should be committed"
     assert redone, tally.problems()
     assert tally.complete and tally.bounded, tally.problems()
-    assert exact, tally.problems()
+    assert exact, f"{tally.problems()}; writes, expected: {sorted(inexact.items())[:10]}"
