@@ -306,3 +306,9 @@ def test_distillation_labels_the_news_texts_too(
     assert len(asked) == 1 and asked[0] > tweets
     assert summary["rows"]["distilled student"]["encoder_layers"] == 1
     assert read_manifest(student).entity is not None
+    # Same data and splits as the teacher, news included (the check once compared the
+    # tweets' fingerprints with a manifest that also holds the news', and always said no).
+    assert "news" in read_manifest(student).data
+    assert summary["accuracy_vs_teacher"]["same_split"]
+    card = json.loads((student / "metrics.json").read_text())
+    assert "other data or splits" not in card["notes"]

@@ -293,13 +293,14 @@ def test_distillation_trains_a_smaller_student(
     assert summary["accuracy_vs_teacher"]["same_split"]
 
 
+@pytest.mark.parametrize("ranked_on", ["weights", "texts"])
 def test_narrowing_the_feed_forward_block_keeps_the_units_that_matter(
-    tiny_base: Path, tmp_path: Path
+    tiny_base: Path, tmp_path: Path, ranked_on: str
 ) -> None:
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finsentry.training.loop import encoder_layers, narrow_ffn
+    from finsentry.training.loop import encoder_layers, ffn_activation_importance, narrow_ffn
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=3).eval()
     width = model.config.intermediate_size
@@ -310,9 +311,16 @@ def test_narrowing_the_feed_forward_block_keeps_the_units_that_matter(
         with torch.no_grad():
             layer.output.dense.weight[:, idle] = 0
     inputs = {"input_ids": torch.randint(5, 90, (3, 11), generator=generator)}
+    texts = ["Shares fell after the results.", "$AAPL up 3% on strong iPhone sales"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    importance = (
+        ffn_activation_importance(model, tokenizer, texts, max_length=32)
+        if ranked_on == "texts"
+        else None
+    )
     with torch.no_grad():
         before = model(**inputs).logits
-        narrow_ffn(model, keep)
+        narrow_ffn(model, keep, importance)
         after = model(**inputs).logits
     # Keeping exactly the units that matter changes nothing; any other choice would.
     assert torch.allclose(before, after, atol=1e-5)

@@ -70,11 +70,13 @@ def build_models(
     config: TrainConfig,
     task_labels: Mapping[str, list[str]],
     entity_labels: list[str] | None = None,
+    ffn_texts: Sequence[str] = (),
 ) -> tuple[TaskHeads, PreTrainedTokenizerBase]:
     """One sequence-classification model per task from the base checkpoint.
 
     With several tasks the models share (tie) one encoder: one encoder, one head per task,
-    and with `entity_labels` a per-company head on the same encoder."""
+    and with `entity_labels` a per-company head on the same encoder. A student that keeps
+    `student_ffn` feed-forward units ranks them on `ffn_texts` (else on weights alone)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" report
@@ -99,7 +101,12 @@ def build_models(
         if config.student_layers is not None:
             shrink(models[task], config.student_layers)
         if config.student_ffn is not None:
-            narrow_ffn(models[task], config.student_ffn)
+            importance = (
+                ffn_activation_importance(models[task], tokenizer, ffn_texts, config.max_length)
+                if ffn_texts
+                else None
+            )
+            narrow_ffn(models[task], config.student_ffn, importance)
     entity_head = None
     if entity_labels is not None:
         hidden = next(iter(models.values())).config.hidden_size
@@ -168,21 +175,72 @@ def ffn_importance(up: nn.Linear, down: nn.Linear) -> torch.Tensor:
     return up.weight.detach().norm(dim=1) * down.weight.detach().norm(dim=0)
 
 
-def narrow_ffn(model: PreTrainedModel, keep: int) -> None:
+@torch.no_grad()
+def ffn_activation_importance(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 32,
+) -> list[torch.Tensor]:
+    """Per layer, per feed-forward unit: its mean absolute activation over the texts' tokens
+    times the norm of its output weights, i.e. how much it adds to the layer's output on
+    this data (a unit that fires only on news text ranks by the news it is shown)."""
+    layers = encoder_layers(model.base_model)
+    totals = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    mask: list[torch.Tensor] = []
+
+    def hook(i: int) -> Callable[..., None]:
+        def add(_: nn.Module, __: Any, output: torch.Tensor) -> None:
+            totals[i] += (output.abs() * mask[0].unsqueeze(-1)).sum(dim=(0, 1))
+
+        return add
+
+    handles = [layer.intermediate.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    training = model.training
+    model.eval()
+    tokens = 0.0
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            mask[:] = [batch["attention_mask"].float()]
+            tokens += float(mask[0].sum())
+            model.base_model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return [
+        total / max(tokens, 1.0) * layer.output.dense.weight.norm(dim=0)
+        for total, layer in zip(totals, layers, strict=True)
+    ]
+
+
+def narrow_ffn(
+    model: PreTrainedModel, keep: int, importance: Sequence[torch.Tensor] | None = None
+) -> None:
     """Keep the `keep` most important feed-forward units of every encoder layer, for a
     student: the feed-forward block is two thirds of a MiniLM layer's multiplications, so
-    halving it costs about a third of the layer (BERT-family layers only)."""
+    halving it costs about a third of the layer (BERT-family layers only). `importance`:
+    a score per unit and layer (`ffn_activation_importance`); else `ffn_importance`."""
     layers = encoder_layers(model.base_model)
     if not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
         raise ValueError(
             f"narrowing the feed-forward block needs a BERT-style encoder, not "
             f"{type(model.base_model).__name__}"
         )
-    for layer in layers:
+    for i, layer in enumerate(layers):
         up, down = layer.intermediate.dense, layer.output.dense
         if keep >= up.out_features:
             continue
-        units = ffn_importance(up, down).topk(keep).indices.sort().values
+        scores = importance[i] if importance is not None else ffn_importance(up, down)
+        units = scores.topk(keep).indices.sort().values
         layer.intermediate.dense = _linear_rows(up, units)
         layer.output.dense = _linear_columns(down, units)
     width = min(keep, model.config.intermediate_size)

@@ -78,6 +78,27 @@ class NewsData:
     fingerprint: dict[str, object]
 
 
+FFN_SAMPLE = 256  # texts a training set, to rank a student's feed-forward units
+
+
+def ffn_sample(
+    config: TrainConfig, data: Mapping[str, TaskData], news: NewsData | None
+) -> list[str]:
+    """Training texts of every set (tweets of each task, news paragraphs), the same number
+    of each, for ranking a narrowed student's feed-forward units; none if not narrowing."""
+    if config.student_ffn is None:
+        return []
+    rng = np.random.default_rng(config.seed)
+    sets = [d.train["text"].tolist() for d in data.values()]
+    if news is not None:
+        sets.append([n.text for n in news.train])
+    return [
+        texts[i]
+        for texts in sets
+        for i in sorted(rng.choice(len(texts), min(FFN_SAMPLE, len(texts)), replace=False))
+    ]
+
+
 def load_news(config: TrainConfig, labels: list[str]) -> NewsData | None:
     """The per-company / news data of the config, cleaned like the tweets, split by paragraph."""
     if config.entity_data is None:
@@ -167,7 +188,9 @@ def run_training(
     news = load_news(config, data[SENTIMENT].labels) if SENTIMENT in data else None
     entity_labels = data[SENTIMENT].labels if news is not None else None
     set_seed(config.seed)
-    module, tokenizer = build_models(config, task_labels, entity_labels)
+    module, tokenizer = build_models(
+        config, task_labels, entity_labels, ffn_texts=ffn_sample(config, data, news)
+    )
     if config.lora:
         apply_lora(module, config)
     else:
