@@ -67,6 +67,12 @@ def all_committed(options: dict[str, Any], group: str, topic: str) -> bool:
         consumer.close()
 
 
+def all_delivered(es: Elasticsearch, index: str) -> bool:
+    """Whether the outbox has recorded every alert in `index` as delivered everywhere."""
+    es.indices.refresh(index=index)
+    return es.count(index=index, query={"term": {"delivered": False}})["count"] == 0
+
+
 @pytest.fixture
 def watch_settings(settings: Settings, es: Elasticsearch) -> Iterator[Settings]:
     ours = settings.model_copy(
@@ -193,6 +199,15 @@ def test_severe_item_on_a_watchlist_notifies_once_per_channel(
         mailbox.start()
         wait_for("the e-mail after the SMTP server is back", lambda: mailbox.messages, 30, alerter)
         assert notified("AAPL") == (1, 1)
+        # The outbox records a delivery just after the receiver took it; a kill in between
+        # sends it again on restart (at-least-once, alerts/outbox.py). This test counts
+        # notifications exactly, so it kills only once the delivery is recorded.
+        wait_for(
+            "the outbox to record the deliveries",
+            lambda: all_delivered(es, settings.alerts_index),
+            30,
+            alerter,
+        )
 
         # Killed mid-episode: the story goes on while the alerter is down, and both items
         # wait in the topic for the restarted alerter (the case Faust's recovery used to
