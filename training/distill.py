@@ -41,6 +41,13 @@ def accuracy_gaps(student: Path, teacher: Path) -> dict[str, float]:
     }
 
 
+def same_data(teacher: Path, fingerprints: Mapping[str, object]) -> bool:
+    """Whether `teacher` was trained on each of these data sets, split the same way (its
+    manifest may name more: those do not matter here)."""
+    theirs = read_manifest(teacher).data
+    return all(theirs.get(name) == value for name, value in fingerprints.items())
+
+
 def within_bar(gaps: Mapping[str, float], max_loss: float = MAX_ACCURACY_LOSS) -> bool:
     """Whether no task lost more than `max_loss` (rounded, so that a loss of exactly
     0.5 points is within); False when nothing could be compared."""
@@ -145,13 +152,9 @@ def run_distillation(
         rows = np.array([row[text] for text in texts], np.int64)
         return {t: soften(p[rows], config.distill_temperature) for t, p in probs.items()}
 
-    # The tasks' data now; a manifest also holds the news paragraphs' (written in training).
+    # The tweets' data now; the news paragraphs' is known once the student is trained.
     fingerprints = {t: d.fingerprint for t, d in data.items()}
-    leak = [
-        str(p)
-        for p in teachers
-        if {t: read_manifest(p).data.get(t) for t in fingerprints} != fingerprints
-    ]
+    leak = [str(p) for p in teachers if not same_data(p, fingerprints)]
     notes = (
         f"Distilled from {len(teachers)} teacher(s): {', '.join(str(p) for p in teachers)}; "
         f"alpha={config.distill_alpha}, T={config.distill_temperature}, "
@@ -189,7 +192,7 @@ def run_distillation(
         for name, path in rows.items()
     }
     gaps = accuracy_gaps(student, teachers[0])
-    same_split = read_manifest(teachers[0]).data == read_manifest(student).data
+    same_split = same_data(teachers[0], read_manifest(student).data)
     summary["accuracy_vs_teacher"] = {
         "teacher": str(teachers[0]),
         "same_split": same_split,

@@ -188,15 +188,13 @@ def ffn_activation_importance(
     this data (a unit that fires only on news text ranks by the news it is shown)."""
     layers = encoder_layers(model.base_model)
     totals = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
-    mask: list[torch.Tensor] = []
-
-    def hook(i: int) -> Callable[..., None]:
-        def add(_: nn.Module, __: Any, output: torch.Tensor) -> None:
-            totals[i] += (output.abs() * mask[0].unsqueeze(-1)).sum(dim=(0, 1))
-
-        return add
-
-    handles = [layer.intermediate.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    outputs: dict[int, torch.Tensor] = {}  # the last batch's activations, by layer
+    handles = [
+        layer.intermediate.register_forward_hook(
+            lambda _module, _inputs, output, i=i: outputs.__setitem__(i, output)
+        )
+        for i, layer in enumerate(layers)
+    ]
     training = model.training
     model.eval()
     tokens = 0.0
@@ -209,9 +207,11 @@ def ffn_activation_importance(
                 padding=True,
                 return_tensors="pt",
             )
-            mask[:] = [batch["attention_mask"].float()]
-            tokens += float(mask[0].sum())
             model.base_model(**batch)
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # padding adds nothing
+            tokens += float(mask.sum())
+            for i, output in outputs.items():
+                totals[i] += (output.abs() * mask).sum(dim=(0, 1))
     finally:
         for handle in handles:
             handle.remove()
