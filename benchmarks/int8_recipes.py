@@ -51,6 +51,7 @@ class Recipe(BaseModel):
 RECIPES = [
     Recipe(name="fp32", graph="sdpa"),
     Recipe(name="fp32, fused", graph="fused"),
+    Recipe(name="fp32, eager", graph="eager"),
     Recipe(name="int8 weights (before)", graph="sdpa", weights="int8"),
     Recipe(name="int8 weights, 7-bit", graph="sdpa", weights="int8", reduce_range=True),
     Recipe(name="int8 weights, every product", graph="sdpa", weights="int8", keep_float=HEADS_ONLY),
@@ -60,6 +61,14 @@ RECIPES = [
         graph="eager",
         weights="int8",
         reduce_range=True,
+    ),
+    Recipe(name="int8, eager graph (export, second)", graph="eager", weights="int8"),
+    Recipe(
+        name="int8 7-bit, eager, every product",
+        graph="eager",
+        weights="int8",
+        reduce_range=True,
+        keep_float=HEADS_ONLY,
     ),
     Recipe(name="uint8 weights, eager graph (export fallback)", graph="eager", weights="uint8"),
     Recipe(
@@ -139,7 +148,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=512, help="~30-word items for speed")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--only", action="append", default=[], help="recipes whose name has this (repeatable)"
+    )
     args = parser.parse_args()
+    recipes = [r for r in RECIPES if not args.only or any(o in r.name for o in args.only)]
     settings = Settings()
     root = args.model or resolve_artifact(settings.models_dir, None)
     manifest = read_manifest(root)
@@ -164,7 +177,7 @@ def main() -> None:
         reference = logits(session(graphs["sdpa"]), test_feeds, heads)
         rows: dict[str, dict] = {}
         sessions = {}
-        for recipe in RECIPES:
+        for recipe in recipes:
             with console.status(f"{recipe.name}: quantising and checking"):
                 path = build(recipe, graphs, calibration, work)
                 sess = session(path)

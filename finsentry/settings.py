@@ -144,6 +144,15 @@ class Settings(BaseSettings):
     default_train_overrides: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig fields over the default recipe (JSON)."
     )
+    default_student: bool = Field(
+        False,
+        description="After the default model, distil the fast student from it and serve the "
+        "student instead when it is within 0.5 points of it on every held-out test set (off: "
+        "no student recipe has passed that bar here yet, BENCHMARKS.md issue 14).",
+    )
+    default_student_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig fields over the student recipe (JSON)."
+    )
     rescore_batch: int = Field(64, ge=1, le=10_000, description="Items a rescore page (bulk).")
     rescore_max_rate: float = Field(
         0.0, ge=0, description="Most items/s a rescore runs at; 0 = as fast as `nice` allows."

@@ -287,8 +287,9 @@ def test_distillation_labels_the_news_texts_too(
 ) -> None:
     """The student trains on tweets and news paragraphs (repeated) and sentences; the
     teacher's soft labels must cover every one of them, in order (it once labelled the
-    tweets only and the first news row fell off the end)."""
-    from finsentry.training import distill
+    tweets only and the first news row fell off the end), and every labelled company in
+    them gets the teacher's per-company verdict, in the order the training loop reads."""
+    from finsentry.training import distill, train
     from finsentry.training.train import load_all
 
     asked: list[int] = []
@@ -298,12 +299,36 @@ def test_distillation_labels_the_news_texts_too(
         asked.append(len(texts))
         return real(teachers, texts, labels, **kw)
 
+    trained_on = []
+    real_fit = train.fit
+
+    def keeping(module, tokenizer, examples, *args, **kw):  # type: ignore[no-untyped-def]
+        trained_on.append(examples)
+        return real_fit(module, tokenizer, examples, *args, **kw)
+
     config = entity_config(tiny_base, tmp_path, student_layers=1, distill_alpha=0.5, epochs=1)
     monkeypatch.setattr(distill, "teacher_probs", counting)
+    monkeypatch.setattr(train, "fit", keeping)
     student, summary = distill.run_distillation([entity_artifact], config, compare=False)
     # Once, for the unique training texts: the tweets of both tasks and the news.
     tweets = sum(len(d.train) for d in load_all(config).values())
     assert len(asked) == 1 and asked[0] > tweets
+    # A per-company target for each labelled company: the teacher's own verdict on that
+    # company of that text (at the distillation temperature), texts in the loop's order.
+    (examples,) = trained_on
+    companies = [(i, e) for i in range(len(examples)) for e in examples.entities_of(i)]
+    assert examples.entity_soft is not None and len(examples.entity_soft) == len(companies)
+    teacher = ArtifactScorer(entity_artifact, device="cpu")
+    picked = [0, len(companies) // 2, len(companies) - 1]
+    for k in picked:
+        i, company = companies[k]
+        own = teacher.predict_proba(
+            [examples.texts[i]], [[e.spans for e in examples.entities_of(i)]]
+        )
+        row = [e.spans for e in examples.entities_of(i)].index(company.spans)
+        expected = distill.soften(own["entity"][row : row + 1], config.distill_temperature)
+        order = [teacher.entity_labels.index(n) for n in load_all(config)["sentiment"].labels]
+        np.testing.assert_allclose(examples.entity_soft[k], expected[0][order], atol=1e-5)
     assert summary["rows"]["distilled student"]["encoder_layers"] == 1
     assert read_manifest(student).entity is not None
     # Same data and splits as the teacher, news included (the check once compared the

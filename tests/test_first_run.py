@@ -95,6 +95,7 @@ def test_first_run_serves_the_bootstrap_model_then_swaps_in_the_default(
         FINSENTRY_STATE_DIR=str(state),
         FINSENTRY_BOOTSTRAP_MAX_SAMPLES="300",
         FINSENTRY_DEFAULT_TRAIN_OVERRIDES=json.dumps({**TINY_TRAINING, "base_model": str(base)}),
+        FINSENTRY_DEFAULT_STUDENT="false",  # the student stage: test_default_student.py
         FINSENTRY_MODEL_POLL_INTERVAL="0.5",
         FINSENTRY_DEVICE="cpu",
         FINSENTRY_RESCORE_NICE="0",

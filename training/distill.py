@@ -2,7 +2,9 @@
 training texts with probabilities, and a smaller student learns from them and the gold labels.
 
 Each text gets soft labels for every task the teacher knows, so a sentiment tweet also
-teaches the topic head and vice versa (the gold labels cover one task per tweet)."""
+teaches the topic head and vice versa (the gold labels cover one task per tweet); and each
+labelled company of a text (news paragraphs and sentences, tweets naming one company) gets
+the teacher's per-company verdict, where the teacher has a per-company head."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from finsentry.models.artifact import ArtifactError, read_manifest
+from finsentry.models.heads import ENTITY
+from finsentry.models.labels import SENTIMENT
 from finsentry.training.config import TrainConfig
 from finsentry.training.data import TaskData
+from finsentry.training.entity_data import EntityLabel, Span
 
 # How much held-out accuracy a student may lose, on any task, to serve in its teacher's
 # place (issue 14: "within 0.5 points of the fp32 model of the same recipe").
@@ -67,20 +72,30 @@ def teacher_probs(
     texts: Sequence[str],
     student_labels: Mapping[str, list[str]],
     *,
+    companies: Sequence[Sequence[Sequence[Span]]] | None = None,
     batch_size: int = 128,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Mean probabilities of the teachers per task, columns in the student's label order."""
+    """Mean probabilities of the teachers per task, columns in the student's label order.
+
+    With `companies` (each text's companies, as their mention spans) and `entity` among
+    `student_labels`, also `entity`: a row per company (texts in order, then companies),
+    the mean of the teachers that have a per-company head, zero where truncation cut every
+    mention."""
     from finsentry.models.runtime import ArtifactScorer
 
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for i, path in enumerate(teachers, 1):
         scorer = ArtifactScorer(path, device="auto", batch_size=batch_size)
+        per_company = companies is not None and scorer.has_entity_head
         # In slices, so that a long labelling run (minutes per teacher on a CPU) shows progress.
         step = 16 * batch_size
         parts = [
-            scorer.predict_proba(list(texts[start : start + step]))
+            scorer.predict_proba(
+                list(texts[start : start + step]),
+                list(companies[start : start + step]) if per_company else None,  # type: ignore[index]
+            )
             for start in tqdm(
                 range(0, max(len(texts), 1), step),
                 desc=f"teacher {i}/{len(teachers)} soft labels ({len(texts)} texts)",
@@ -89,10 +104,12 @@ def teacher_probs(
             )
         ]
         probs = {task: np.concatenate([part[task] for part in parts]) for task in parts[0]}
+        if ENTITY in probs:
+            probs[ENTITY][~probs.pop("entity_covered")] = np.nan  # not averaged in below
         for task, labels in student_labels.items():
             if task not in probs:
                 continue
-            theirs = scorer.labels[task]
+            theirs = scorer.entity_labels if task == ENTITY else scorer.labels[task]
             if sorted(theirs) != sorted(labels):
                 raise ArtifactError(
                     f"teacher {path} has {task} labels {theirs}, the student {labels}"
@@ -102,7 +119,7 @@ def teacher_probs(
             counts[task] = counts.get(task, 0) + 1
     if not sums:
         raise ArtifactError("no teacher knows any of the student's tasks")
-    return {task: sums[task] / counts[task] for task in sums}
+    return {task: np.nan_to_num(sums[task] / counts[task]) for task in sums}
 
 
 def _throughput(path: Path, texts: Sequence[str]) -> float:
@@ -142,15 +159,37 @@ def run_distillation(
     raw = load_all(config, preprocess=False)
     student_labels = {t: data[t].labels for t in config.tasks()}
 
-    def teacher(texts: list[str]) -> dict[str, np.ndarray]:
+    def teacher(
+        texts: list[str], entities: list[tuple[EntityLabel, ...]] | None
+    ) -> dict[str, np.ndarray]:
         # Every training text, whatever set it came from (tweets, news paragraphs and
-        # sentences, analysts' labels), gets soft labels for every task. The texts come
-        # preprocessed; the teacher's scorer preprocesses again, which changes nothing.
-        unique = list(dict.fromkeys(texts))
-        row = {text: i for i, text in enumerate(unique)}
-        probs = teacher_probs(teachers, unique, student_labels, progress=config.progress)
-        rows = np.array([row[text] for text in texts], np.int64)
-        return {t: soften(p[rows], config.distill_temperature) for t, p in probs.items()}
+        # sentences, analysts' labels), gets soft labels for every task, and every labelled
+        # company in it the teacher's per-company verdict. The texts come preprocessed (the
+        # spans point into them); the teacher's scorer preprocesses again, which changes
+        # nothing. Repeated texts (news paragraphs are repeated) are labelled once.
+        spans = [tuple(e.spans for e in ents) for ents in entities or [()] * len(texts)]
+        unique = list(dict.fromkeys(zip(texts, spans, strict=True)))
+        row = {key: i for i, key in enumerate(unique)}
+        labels = {**student_labels, **({ENTITY: data[SENTIMENT].labels} if entities else {})}
+        probs = teacher_probs(
+            teachers,
+            [text for text, _ in unique],
+            labels,
+            companies=[list(s) for _, s in unique] if entities else None,
+            progress=config.progress,
+        )
+        rows = np.array([row[key] for key in zip(texts, spans, strict=True)], np.int64)
+        out = {
+            t: soften(p[rows], config.distill_temperature) for t, p in probs.items() if t != ENTITY
+        }
+        if ENTITY in probs:  # rows per company: each text's block, in the texts' order
+            first = np.cumsum([0] + [len(s) for _, s in unique])
+            picked = [np.arange(first[r], first[r + 1]) for r in rows]
+            company = probs[ENTITY][np.concatenate([np.zeros(0, np.int64), *picked])]
+            cut = company.sum(axis=1) == 0  # truncation cut every mention: no target
+            out[ENTITY] = soften(company, config.distill_temperature)
+            out[ENTITY][cut] = 0.0
+        return out
 
     # The tweets' data now; the news paragraphs' is known once the student is trained.
     fingerprints = {t: d.fingerprint for t, d in data.items()}

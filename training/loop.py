@@ -325,6 +325,9 @@ class Examples:
     labels: dict[str, np.ndarray]
     soft: dict[str, np.ndarray] = field(default_factory=dict)
     entities: list[tuple[EntityLabel, ...]] | None = None
+    # The teacher's per-company probabilities: a row per labelled company, texts in order
+    # and each text's companies in order (zero where truncation cut every mention).
+    entity_soft: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -394,9 +397,10 @@ def add_entity_inputs(
     batch: dict[str, torch.Tensor],
     offsets: Sequence[Sequence[tuple[int, int]]],
     entities: Sequence[Sequence[EntityLabel]],
-) -> tuple[np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Put `entity_mask` / `entity_row` into the batch for the companies its texts have
-    that survived truncation; returns their (labels, weights), or None when there are none."""
+    that survived truncation; returns their (labels, weights, positions among the batch's
+    companies), or None when there are none."""
     refs = [(row, e) for row, ents in enumerate(entities) for e in ents]
     if not refs:
         return None
@@ -410,6 +414,7 @@ def add_entity_inputs(
     return (
         np.array([e.label for e in kept], np.int64),
         np.array([e.weight for e in kept], np.float32),
+        np.flatnonzero(covered),
     )
 
 
@@ -589,6 +594,10 @@ def fit(
     soft = {t: torch.tensor(v, dtype=torch.float32) for t, v in train.soft.items()}
     temperature = config.distill_temperature
     alpha = config.distill_alpha if soft else 0.0
+    entity_soft = None
+    if with_entities and train.entity_soft is not None and alpha > 0.0:
+        entity_soft = torch.from_numpy(train.entity_soft)
+        first_company = np.cumsum([0] + [len(train.entities_of(i)) for i in range(len(train))])
 
     # With ema_decay the evaluated and kept weights are a moving average of the trained ones.
     average = (
@@ -632,6 +641,14 @@ def fit(
                     logits[ENTITY].float(), y_entity, reduction="none"
                 )
                 entity_loss = (per_company * w_entity).sum() / w_entity.sum()
+                if entity_soft is not None:  # the teacher's verdict on each company too
+                    companies = np.concatenate(
+                        [np.arange(first_company[i], first_company[i + 1]) for i in batch_idx]
+                    )[entity_targets[2]]
+                    log_p = nn.functional.log_softmax(logits[ENTITY].float() / temperature, -1)
+                    target = entity_soft[companies].to(device)
+                    kl = nn.functional.kl_div(log_p, target, reduction="batchmean")
+                    entity_loss = (1.0 - alpha) * entity_loss + alpha * temperature**2 * kl
                 loss = loss + config.task_weights.get(ENTITY, 1.0) * entity_loss
             for task in tasks:
                 y = labels[task][idx].to(device)

@@ -22,6 +22,7 @@ from finsentry.training.config import TrainConfig
 from finsentry.training.data import TaskData, load_task_data
 from finsentry.training.entity_data import (
     MIXED,
+    EntityLabel,
     NewsText,
     derived_entities,
     read_finentity,
@@ -42,8 +43,9 @@ from finsentry.training.loop import (
 )
 from finsentry.training.report import model_card, plot_confusion, plot_learning_curves, task_report
 
-Teacher = Callable[[list[str]], Mapping[str, np.ndarray]]
-"""Texts -> per task probabilities, columns in the student's label order."""
+Teacher = Callable[[list[str], list[tuple[EntityLabel, ...]] | None], Mapping[str, np.ndarray]]
+"""Texts (and each text's labelled companies, if any) -> per task probabilities, columns in
+the student's label order; `entity` (optional): a row per company, as `Examples.entity_soft`."""
 
 
 def load_all(config: TrainConfig, *, preprocess: bool = True) -> dict[str, TaskData]:
@@ -216,7 +218,10 @@ def run_training(
         parts.append(extra if news is not None else replace(extra, entities=None))
     train = Examples.concat(parts, tasks)
     if teacher is not None:
-        train.soft = {t: np.asarray(p, np.float32) for t, p in teacher(train.texts).items()}
+        soft = dict(teacher(train.texts, train.entities))
+        if ENTITY in soft:
+            train.entity_soft = np.asarray(soft.pop(ENTITY), np.float32)
+        train.soft = {t: np.asarray(p, np.float32) for t, p in soft.items()}
     val = {
         t: ValSet(t, data[t].val["text"].tolist(), data[t].val["label"].to_numpy()) for t in tasks
     }
