@@ -257,7 +257,12 @@ def distill_and_promote(
 
     say("distilling", "distilling the fast student from the default model")
     config = student_config(settings, teacher, progress=reporter is not None)
-    with _reporting_progress(reporter) if reporter is not None else nullcontext():
+    reporting = (
+        _reporting_progress(reporter, "distilling the student")
+        if reporter is not None
+        else nullcontext()
+    )
+    with reporting:
         student, summary = run_distillation([teacher], config, compare=False)
     verdict = summary["accuracy_vs_teacher"]
     gaps = ", ".join(f"{task} {100 * gap:+.2f}" for task, gap in sorted(verdict["gaps"].items()))
