@@ -159,7 +159,7 @@ def test_export_parity(multitask_artifact: Path, tmp_path: Path, quantize: str) 
     scorer = load_scorer(Settings(models_dir=tmp_path, model_path=path))
     assert scorer.version == manifest.version and len(scorer.score(texts[:3])) == 3
     # Plain attention: no NaN guard over batch x heads x length^2 in every layer, which the
-    # scaled-dot-product trace adds (~8 % of a small student's time, BENCHMARKS.md).
+    # scaled-dot-product trace adds (~10 % of a small student's time, BENCHMARKS.md).
     graph = onnx.load(str(path / manifest.tasks["sentiment"].onnx_file), load_external_data=False)
     assert [n.name for n in graph.graph.node if n.op_type == "IsNaN"] == []
     # The served graph's threads do not spin between batches unless the settings say so

@@ -104,8 +104,7 @@ def teacher_probs(
             )
         ]
         probs = {task: np.concatenate([part[task] for part in parts]) for task in parts[0]}
-        if ENTITY in probs:
-            probs[ENTITY][~probs.pop("entity_covered")] = np.nan  # not averaged in below
+        probs.pop("entity_covered", None)  # uncovered companies' rows are zero already
         for task, labels in student_labels.items():
             if task not in probs:
                 continue
@@ -119,7 +118,7 @@ def teacher_probs(
             counts[task] = counts.get(task, 0) + 1
     if not sums:
         raise ArtifactError("no teacher knows any of the student's tasks")
-    return {task: np.nan_to_num(sums[task] / counts[task]) for task in sums}
+    return {task: sums[task] / counts[task] for task in sums}
 
 
 def _throughput(path: Path, texts: Sequence[str]) -> float:
@@ -183,9 +182,10 @@ def run_distillation(
             t: soften(p[rows], config.distill_temperature) for t, p in probs.items() if t != ENTITY
         }
         if ENTITY in probs:  # rows per company: each text's block, in the texts' order
+            from finsentry.training.loop import company_rows
+
             first = np.cumsum([0] + [len(s) for _, s in unique])
-            picked = [np.arange(first[r], first[r + 1]) for r in rows]
-            company = probs[ENTITY][np.concatenate([np.zeros(0, np.int64), *picked])]
+            company = probs[ENTITY][company_rows(first, rows)]
             cut = company.sum(axis=1) == 0  # truncation cut every mention: no target
             out[ENTITY] = soften(company, config.distill_temperature)
             out[ENTITY][cut] = 0.0

@@ -123,7 +123,7 @@ class WeightRecipe(NamedTuple):
 # saturates sums of two products at 16 bits; 7-bit weights stay clear of most of that.
 # uint8 weights (u8 x u8, widened first) agree best but run ~25 % slower. All three use the
 # plain-attention graph: the scaled-dot-product graph guards every layer's softmax against
-# NaN rows (IsNaN + Where over batch x heads x length^2), which cost ~8 % of a 4-layer
+# NaN rows (IsNaN + Where over batch x heads x length^2), which cost ~10 % of a 4-layer
 # student's time and cannot happen here (every text keeps its [CLS] token). Figures:
 # BENCHMARKS.md, "Speed at full quality" (`benchmarks/int8_recipes.py`).
 WEIGHT_RECIPES = (

@@ -10,7 +10,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,6 +418,13 @@ def add_entity_inputs(
     )
 
 
+def company_rows(first_company: np.ndarray, texts: Iterable[int]) -> np.ndarray:
+    """Rows of a per-company array (texts in order, each text's companies in order; text i's
+    first row is `first_company[i]`) that belong to `texts`, in the order given."""
+    blocks = [np.arange(first_company[i], first_company[i + 1]) for i in texts]
+    return np.concatenate([np.zeros(0, np.int64), *blocks])
+
+
 def collate(
     tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]]
 ) -> dict[str, torch.Tensor]:
@@ -642,9 +649,7 @@ def fit(
                 )
                 entity_loss = (per_company * w_entity).sum() / w_entity.sum()
                 if entity_soft is not None:  # the teacher's verdict on each company too
-                    companies = np.concatenate(
-                        [np.arange(first_company[i], first_company[i + 1]) for i in batch_idx]
-                    )[entity_targets[2]]
+                    companies = company_rows(first_company, batch_idx)[entity_targets[2]]
                     log_p = nn.functional.log_softmax(logits[ENTITY].float() / temperature, -1)
                     target = entity_soft[companies].to(device)
                     kl = nn.functional.kl_div(log_p, target, reduction="batchmean")
